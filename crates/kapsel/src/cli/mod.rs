@@ -1,0 +1,42 @@
+//! Subcommands, one file each.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Server virtualization for Linux hosts: KVM virtual machines and containers.
+#[derive(Debug, Parser)]
+#[command(name = "kapsel", version, about)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `vmm=debug`.
+    #[arg(long, global = true, env = "KAPSEL_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot one virtual machine in the foreground, its serial console on stdin/stdout.
+    Run(Box<run::RunArgs>),
+}
+
+mod run;
+
+/// Parses the command line, runs the subcommand and maps its outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Run(args) => run::run(*args),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

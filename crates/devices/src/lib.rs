@@ -17,5 +17,6 @@ mod test_util;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use legacy::{
-    AcpiPmDevice, Cmos, DebugPort, EventFdTrigger, I8042Error, SerialDevice, SerialError, I8042,
+    AcpiPmDevice, Cmos, CmosError, CmosState, DebugPort, EventFdTrigger, I8042Error, I8042State,
+    SerialDevice, SerialDeviceState, SerialError, I8042,
 };

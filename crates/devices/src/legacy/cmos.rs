@@ -9,6 +9,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::rtc_time::DateTime;
+use super::state::CmosState;
 use crate::bus::BusDevice;
 
 const INDEX_OFFSET: u64 = 0;
@@ -55,6 +56,14 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 /// Base memory reported: 640 KiB.
 const BASE_MEM_KIB: u64 = 640;
+
+/// Errors of the CMOS device.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CmosError {
+    /// A saved state's RAM is not 128 bytes.
+    #[error("saved CMOS state has {0} bytes of RAM, expected {CMOS_SIZE}")]
+    StateRamSize(usize),
+}
 
 /// Source of the host's wall clock, in seconds since the epoch.
 type Clock = fn() -> i64;
@@ -116,6 +125,34 @@ impl Cmos {
             offset_secs: 0,
             latched: None,
             clock,
+        }
+    }
+
+    /// Restores a CMOS saved with [`Cmos::state`]. The guest clock keeps
+    /// its offset from the host's UTC clock, so it has moved on by the time
+    /// the VM spent saved, as a battery-backed RTC would.
+    pub fn from_state(state: &CmosState) -> Result<Self, CmosError> {
+        let ram: [u8; CMOS_SIZE] = state
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| CmosError::StateRamSize(state.ram.len()))?;
+        Ok(Self {
+            index: state.index & !NMI_DISABLE,
+            ram,
+            offset_secs: state.offset_secs,
+            latched: state.latched_unix.map(DateTime::from_unix),
+            clock: host_now,
+        })
+    }
+
+    /// The CMOS RAM, index and guest clock offset, for a snapshot.
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            ram: self.ram.to_vec(),
+            offset_secs: self.offset_secs,
+            latched_unix: self.latched.map(DateTime::to_unix),
         }
     }
 
@@ -493,6 +530,38 @@ mod tests {
         let mut wide = [0u8; 2];
         dev.read(DATA_OFFSET, &mut wide);
         assert_eq!(wide, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut dev = Cmos::new(3 * GIB, 2 * GIB);
+        write_reg(&mut dev, 0x40, 0x99);
+        write_reg(&mut dev, REG_YEAR, 0x35);
+        dev.write(INDEX_OFFSET, &[0x41]);
+        let saved = dev.state();
+        let json = serde_json::to_string(&saved).expect("serialize");
+        let loaded: CmosState = serde_json::from_str(&json).expect("deserialize");
+
+        let mut restored = Cmos::from_state(&loaded).expect("restore");
+        assert_eq!(restored.state(), saved);
+        assert_eq!(read_reg(&mut restored, 0x40), 0x99);
+        assert_eq!(read_reg(&mut restored, REG_YEAR), 0x35);
+        assert_eq!(read_reg(&mut restored, 0x5b), read_reg(&mut dev, 0x5b));
+    }
+
+    #[test]
+    fn restore_rejects_bad_ram_and_masks_index() {
+        let dev = Cmos::new(GIB, 0);
+        let mut state = dev.state();
+        state.ram.push(0);
+        assert_eq!(
+            Cmos::from_state(&state).err(),
+            Some(CmosError::StateRamSize(129))
+        );
+        let mut state = dev.state();
+        state.index = 0xff;
+        let restored = Cmos::from_state(&state).expect("restore");
+        assert_eq!(restored.index, 0x7f);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use vm_superio::I8042Device;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::serial::EventFdTrigger;
+use super::state::I8042State;
 use crate::bus::BusDevice;
 use crate::log_limit::LogLimiter;
 
@@ -100,6 +101,15 @@ pub enum I8042Error {
     /// Signalling the keyboard interrupt failed.
     #[error("failed to raise the keyboard interrupt")]
     Interrupt(#[source] io::Error),
+    /// A saved state holds more output than the controller buffers.
+    #[error("saved i8042 state has {len} pending bytes, at most {OUTPUT_BUFFER_SIZE} fit")]
+    StateOutputTooLong {
+        /// Bytes in the saved state.
+        len: usize,
+    },
+    /// A saved state names a pending command that takes no parameter.
+    #[error("saved i8042 state has invalid pending command {0:#04x}")]
+    StatePendingCommand(u8),
 }
 
 /// The i8042 controller on ports 0x60 (data) and 0x64 (command/status).
@@ -145,6 +155,46 @@ impl I8042 {
             last_output: 0,
             dropped: LogLimiter::default(),
             irq_errors: LogLimiter::default(),
+        }
+    }
+
+    /// Restores a controller saved with [`I8042::state`]; raises the
+    /// keyboard interrupt if bytes are waiting.
+    pub fn from_state(
+        state: &I8042State,
+        reset_evt: EventFd,
+        kbd_irq: EventFd,
+    ) -> Result<Self, I8042Error> {
+        if state.output.len() > OUTPUT_BUFFER_SIZE {
+            return Err(I8042Error::StateOutputTooLong {
+                len: state.output.len(),
+            });
+        }
+        if let Some(cmd) = state.pending_cmd {
+            if !takes_parameter(cmd) {
+                return Err(I8042Error::StatePendingCommand(cmd));
+            }
+        }
+        let mut dev = Self::new(reset_evt, kbd_irq);
+        dev.ctr = state.ctr;
+        dev.output_port = state.output_port;
+        dev.pending_cmd = state.pending_cmd;
+        dev.last_was_command = state.last_was_command;
+        dev.output.extend(&state.output);
+        dev.last_output = state.last_output;
+        dev.raise_kbd_irq().map_err(I8042Error::Interrupt)?;
+        Ok(dev)
+    }
+
+    /// The controller's state, for a snapshot.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            output_port: self.output_port,
+            pending_cmd: self.pending_cmd,
+            last_was_command: self.last_was_command,
+            output: self.output.iter().copied().collect(),
+            last_output: self.last_output,
         }
     }
 
@@ -230,11 +280,7 @@ impl I8042 {
         self.pending_cmd = None;
         match cmd {
             CMD_READ_CTR => self.push_output(&[self.ctr]),
-            CMD_WRITE_CTR
-            | CMD_WRITE_OUTPUT_PORT
-            | CMD_WRITE_KBD_BUFFER
-            | CMD_WRITE_AUX_BUFFER
-            | CMD_WRITE_AUX => self.pending_cmd = Some(cmd),
+            _ if takes_parameter(cmd) => self.pending_cmd = Some(cmd),
             CMD_AUX_DISABLE => self.ctr |= CTR_AUX_DISABLE,
             CMD_AUX_ENABLE => self.ctr &= !CTR_AUX_DISABLE,
             CMD_AUX_TEST => self.push_output(&[AUX_TEST_ABSENT]),
@@ -281,6 +327,18 @@ impl I8042 {
             _ => self.push_output(&[KBD_ACK]),
         }
     }
+}
+
+/// Whether a controller command waits for a parameter on the data port.
+fn takes_parameter(cmd: u8) -> bool {
+    matches!(
+        cmd,
+        CMD_WRITE_CTR
+            | CMD_WRITE_OUTPUT_PORT
+            | CMD_WRITE_KBD_BUFFER
+            | CMD_WRITE_AUX_BUFFER
+            | CMD_WRITE_AUX
+    )
 }
 
 impl BusDevice for I8042 {
@@ -428,6 +486,42 @@ mod tests {
         for offset in 1..=3 {
             assert_eq!(read(&mut dev, offset), 0xff);
         }
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let (mut dev, _reset, _irq) = device();
+        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CTR]);
+        dev.write(DATA_OFFSET, &[0x45]);
+        dev.write(DATA_OFFSET, &[KBD_CMD_GET_ID]);
+        dev.write(COMMAND_OFFSET, &[CMD_WRITE_OUTPUT_PORT]);
+        let saved = dev.state();
+        let json = serde_json::to_string(&saved).expect("serialize");
+        let loaded: I8042State = serde_json::from_str(&json).expect("deserialize");
+
+        let irq = eventfd();
+        let mut restored = I8042::from_state(&loaded, eventfd(), irq.try_clone().expect("clone"))
+            .expect("restore");
+        assert_eq!(restored.state(), saved);
+        assert_eq!(irq.read().expect("pending output re-announced"), 1);
+        assert_eq!(read(&mut restored, DATA_OFFSET), KBD_ACK);
+    }
+
+    #[test]
+    fn restore_rejects_bad_state() {
+        let (dev, _reset, _irq) = device();
+        let mut state = dev.state();
+        state.output = vec![0; 17];
+        assert!(matches!(
+            I8042::from_state(&state, eventfd(), eventfd()),
+            Err(I8042Error::StateOutputTooLong { len: 17 })
+        ));
+        let mut state = dev.state();
+        state.pending_cmd = Some(CMD_SELF_TEST);
+        assert!(matches!(
+            I8042::from_state(&state, eventfd(), eventfd()),
+            Err(I8042Error::StatePendingCommand(CMD_SELF_TEST))
+        ));
     }
 
     #[test]

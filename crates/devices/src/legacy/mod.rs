@@ -6,12 +6,14 @@ pub mod debug_port;
 pub mod i8042;
 mod rtc_time;
 pub mod serial;
+pub mod state;
 
 pub use acpi_pm::{AcpiPmDevice, ACPI_PM_LEN};
-pub use cmos::Cmos;
+pub use cmos::{Cmos, CmosError};
 pub use debug_port::DebugPort;
 pub use i8042::{I8042Error, I8042};
 pub use serial::{EventFdTrigger, SerialDevice, SerialError};
+pub use state::{CmosState, I8042State, SerialDeviceState};
 
 /// First 16550 UART (ttyS0): 8 ports.
 pub const COM1_PORT: u64 = 0x3f8;

@@ -9,14 +9,18 @@
 use std::io::{self, Write};
 
 use vm_superio::serial::{Error as UartError, NoEvents};
-use vm_superio::{Serial, Trigger};
+use vm_superio::{Serial, SerialState, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::state::SerialDeviceState;
 use crate::bus::BusDevice;
 use crate::log_limit::LogLimiter;
 
 /// Number of registers of a 16550 UART.
 pub const SERIAL_REGISTERS: u64 = 8;
+/// Receive FIFO size of `vm_superio::Serial` (a 16550A has 16; the crate
+/// keeps 64). Checked by a unit test against the crate.
+pub const FIFO_SIZE: usize = 64;
 
 /// Errors of the serial device.
 #[derive(Debug, thiserror::Error)]
@@ -24,12 +28,17 @@ pub enum SerialError {
     /// Signalling the interrupt eventfd failed.
     #[error("failed to raise the serial interrupt")]
     Trigger(#[source] io::Error),
-    /// Cloning the interrupt eventfd failed.
-    #[error("failed to clone the interrupt eventfd")]
-    CloneEventFd(#[source] io::Error),
     /// Writing guest output to the host side failed.
     #[error("failed to write serial output")]
     Output(#[source] io::Error),
+    /// A saved state holds more input than the FIFO can.
+    #[error("saved serial state has {len} queued bytes, the FIFO holds {max}")]
+    StateFifoTooLong {
+        /// Bytes in the saved state.
+        len: usize,
+        /// FIFO size.
+        max: usize,
+    },
 }
 
 impl From<UartError<io::Error>> for SerialError {
@@ -100,6 +109,55 @@ impl SerialDevice {
         Self {
             uart: Serial::new(EventFdTrigger::new(irq), out),
             errors: LogLimiter::default(),
+        }
+    }
+
+    /// Restores a UART saved with [`SerialDevice::state`]. Raises the
+    /// interrupt if one was pending and enabled.
+    pub fn from_state(
+        state: &SerialDeviceState,
+        irq: EventFd,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Self, SerialError> {
+        if state.in_buffer.len() > FIFO_SIZE {
+            return Err(SerialError::StateFifoTooLong {
+                len: state.in_buffer.len(),
+                max: FIFO_SIZE,
+            });
+        }
+        let uart_state = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&uart_state, EventFdTrigger::new(irq), NoEvents, out)?;
+        Ok(Self {
+            uart,
+            errors: LogLimiter::default(),
+        })
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn state(&self) -> SerialDeviceState {
+        let s = self.uart.state();
+        SerialDeviceState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 
@@ -229,6 +287,7 @@ mod tests {
     fn enqueue_stops_at_fifo_capacity() {
         let (mut dev, _irq, _out) = device();
         let cap = dev.fifo_capacity();
+        assert_eq!(cap, FIFO_SIZE);
         let input = vec![b'a'; cap + 10];
         assert_eq!(dev.enqueue_input(&input).expect("enqueue"), cap);
         assert_eq!(dev.fifo_capacity(), 0);
@@ -275,6 +334,41 @@ mod tests {
             dev.write(RBR_THR, b"x");
         }
         assert_eq!(dev.errors.count(), 100);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let (mut dev, _irq, _out) = device();
+        dev.write(SCR, &[0x42]);
+        dev.write(IER, &[0x01]);
+        dev.enqueue_input(b"abc").expect("enqueue");
+        let saved = dev.state();
+        let json = serde_json::to_string(&saved).expect("serialize");
+        let loaded: SerialDeviceState = serde_json::from_str(&json).expect("deserialize");
+
+        let irq = eventfd();
+        let mut restored = SerialDevice::from_state(
+            &loaded,
+            irq.try_clone().expect("clone"),
+            Box::new(io::sink()),
+        )
+        .expect("restore");
+        assert_eq!(restored.state(), saved);
+        assert_eq!(irq.read().expect("pending rx interrupt re-raised"), 1);
+        let mut data = [0u8];
+        restored.read(RBR_THR, &mut data);
+        assert_eq!(data, [b'a']);
+    }
+
+    #[test]
+    fn restore_rejects_oversized_fifo() {
+        let (dev, _irq, _out) = device();
+        let mut state = dev.state();
+        state.in_buffer = vec![0; 10_000];
+        assert!(matches!(
+            SerialDevice::from_state(&state, eventfd(), Box::new(io::sink())),
+            Err(SerialError::StateFifoTooLong { len: 10_000, .. })
+        ));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! registers the FADT points at. A guest `poweroff` writes S5 to the sleep
 //! control register; `reboot` (with `reboot=acpi`) writes the reset value.
 //!
-//! Layout at [`super::ACPI_PM_PORT`], 4 bytes:
+//! Layout at [`ACPI_PM_PORT`], 4 bytes:
 //! - offset 0, sleep control: a byte with SLP_EN (bit 5) set and SLP_TYP
 //!   (bits 2..=4) = 5 signals the shutdown event;
 //! - offset 1, sleep status: reads 0, writes ignored;
@@ -15,6 +15,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
 
+/// Base port of the device; the FADT's sleep and reset registers point here.
+pub const ACPI_PM_PORT: u64 = 0x600;
 /// Size of the device's port range.
 pub const ACPI_PM_LEN: u64 = 4;
 /// Offset of the sleep control register (FADT `SLEEP_CONTROL_REG`).

@@ -8,7 +8,7 @@ mod rtc_time;
 pub mod serial;
 pub mod state;
 
-pub use acpi_pm::{AcpiPmDevice, ACPI_PM_LEN};
+pub use acpi_pm::{AcpiPmDevice, ACPI_PM_LEN, ACPI_PM_PORT};
 pub use cmos::{Cmos, CmosError};
 pub use debug_port::DebugPort;
 pub use i8042::{I8042Error, I8042};
@@ -35,5 +35,3 @@ pub const CMOS_LEN: u64 = 2;
 pub const DEBUG_PORT: u64 = 0x80;
 /// Length of the debug port range.
 pub const DEBUG_PORT_LEN: u64 = 1;
-/// Base of the ACPI power-management device the FADT points at.
-pub const ACPI_PM_PORT: u64 = 0x600;

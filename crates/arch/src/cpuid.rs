@@ -3,13 +3,14 @@
 //!
 //! Topology: every vCPU is one core of one socket, one thread per core.
 
-use hv::types::{kvm_cpuid_entry2, CpuId};
+use hv::types::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_PMU: u32 = 0xa;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
 const LEAF_AMD_EXT_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZE_IDS: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
@@ -18,6 +19,9 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const AMD_ECX_CMP_LEGACY: u32 = 1 << 1;
+
+/// KVM paravirtual feature: port 0x80 writes are not needed as I/O delays.
+const KVM_FEATURE_NOP_IO_DELAY: u32 = 1 << 1;
 
 /// Topology level types of leaf 0xB/0x1F ECX[15:8].
 const LEVEL_SMT: u32 = 1;
@@ -62,8 +66,41 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8, tsc_deadlin
     let apic_id = u32::from(cpu_index);
     let count = u32::from(cpu_count.max(1));
     let core_bits = id_bits(count);
+    ensure_topology_leaf(cpuid);
     for entry in cpuid.as_mut_slice() {
         filter_entry(entry, apic_id, count, core_bits, tsc_deadline);
+    }
+}
+
+/// Makes leaf 0xB present with its SMT, core and terminating subleaves (KVM on some hosts,
+/// AMD ones in particular, reports only subleaf 0 or none), so every guest finds the
+/// topology there. The values are filled in by [`filter_entry`].
+fn ensure_topology_leaf(cpuid: &mut CpuId) {
+    let max_leaf = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
+    if max_leaf < LEAF_EXT_TOPOLOGY {
+        return;
+    }
+    let kept: Vec<kvm_cpuid_entry2> = cpuid
+        .as_slice()
+        .iter()
+        .filter(|e| e.function != LEAF_EXT_TOPOLOGY)
+        .copied()
+        .collect();
+    let mut entries = kept;
+    for index in 0..3 {
+        entries.push(kvm_cpuid_entry2 {
+            function: LEAF_EXT_TOPOLOGY,
+            index,
+            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            ..Default::default()
+        });
+    }
+    if let Ok(rebuilt) = CpuId::from_entries(&entries) {
+        *cpuid = rebuilt;
     }
 }
 
@@ -124,6 +161,10 @@ fn filter_entry(
                 }
             }
         }
+        LEAF_KVM_FEATURES => {
+            // Keeps Linux from writing port 0x80 as an I/O delay: that port is the boot timer.
+            e.eax |= KVM_FEATURE_NOP_IO_DELAY;
+        }
         LEAF_AMD_EXT_FEATURES => {
             if count > 1 {
                 e.ecx |= AMD_ECX_CMP_LEGACY;
@@ -175,8 +216,6 @@ mod tests {
                 ..Default::default()
             },
             leaf(0xb, 0),
-            leaf(0xb, 1),
-            leaf(0xb, 2),
             leaf(0xa, 0),
             leaf(0x8000_0008, 0),
             leaf(0x8000_001e, 0),
@@ -216,6 +255,15 @@ mod tests {
         assert_eq!(find(&c, 0x8000_0008, 0).ecx & 0xff, 3);
         assert_eq!(find(&c, 0x8000_001e, 0).eax, 3);
         assert_eq!(find(&c, 0xa, 0).eax, 0);
+    }
+
+    #[test]
+    fn topology_subleaves_are_created() {
+        let mut c = sample();
+        filter_cpuid(&mut c, 0, 2, false);
+        let n = c.as_slice().iter().filter(|e| e.function == 0xb).count();
+        assert_eq!(n, 3);
+        assert_eq!(find(&c, 0xb, 1).flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub use vm::Vm;
 pub mod types {
     pub use kvm_bindings::{
         kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs,
-        kvm_segment, kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+        kvm_segment, kvm_sregs, CpuId, Msrs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        KVM_MAX_CPUID_ENTRIES,
     };
 }

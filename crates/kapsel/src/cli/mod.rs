@@ -1,7 +1,9 @@
 //! Subcommands, one file each.
 
 use clap::{Parser, Subcommand};
+use std::error::Error;
 use std::process::ExitCode;
+use std::time::Instant;
 
 /// Server virtualization for Linux hosts: KVM virtual machines and containers.
 #[derive(Debug, Parser)]
@@ -24,10 +26,11 @@ mod run;
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
+    let start = Instant::now();
     let cli = Cli::parse();
     init_logging(&cli.log);
     match cli.command {
-        Command::Run(args) => run::run(*args),
+        Command::Run(args) => run::run(*args, start),
     }
 }
 
@@ -39,4 +42,20 @@ fn init_logging(filter: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+/// Prints `e` and its causes as one line (`kapsel: what: why: why`) and returns `code`.
+pub fn fail(e: &dyn Error, code: u8) -> ExitCode {
+    let mut line = format!("kapsel: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    eprintln!("{line}");
+    ExitCode::from(code)
 }

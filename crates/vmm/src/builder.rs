@@ -1,0 +1,144 @@
+//! Builds a ready-to-run VM from a validated [`VmConfig`]: memory, in-kernel interrupt
+//! controllers, kernel and initrd, boot structures and firmware tables, devices, vCPUs.
+
+use std::fs::File;
+use std::time::Instant;
+
+use arch::layout::CMDLINE_START;
+use arch::loader::LoadedKernel;
+use arch::regs::BootEntry;
+use arch::GuestMemoryMmap;
+use hv::{Hypervisor, Vcpu};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::config::{host_memory, VmConfig};
+use crate::devices::DeviceManager;
+use crate::memory::{create_guest_memory, register_guest_memory};
+use crate::VmmError;
+
+/// A VM with everything in place, before its vCPUs run.
+pub struct BuiltVm {
+    /// Kept alive for as long as the VM runs: KVM holds references to both.
+    pub vm: hv::Vm,
+    pub memory: GuestMemoryMmap,
+    pub devices: DeviceManager,
+    pub vcpus: Vec<Vcpu>,
+}
+
+fn open(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
+    File::open(path).map_err(|source| VmmError::OpenFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Checks the command line against the kernel's limit and writes it (NUL-terminated).
+fn write_cmdline(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    cmdline: &str,
+) -> Result<usize, VmmError> {
+    if cmdline.as_bytes().contains(&0) {
+        return Err(VmmError::CmdlineNul);
+    }
+    let max = kernel.cmdline_max();
+    if cmdline.len() > max {
+        return Err(VmmError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
+    }
+    let mut bytes = cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(CMDLINE_START))
+        .map_err(VmmError::CmdlineWrite)?;
+    Ok(cmdline.len())
+}
+
+/// Opens KVM and builds the VM described by `config`.
+pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> {
+    let hv = Hypervisor::new().map_err(VmmError::Kvm)?;
+    config.validate(host_memory(), hv.max_vcpus())?;
+    let mut kernel_file = open("kernel", &config.kernel)?;
+    let mut initrd_file = config
+        .initrd
+        .as_deref()
+        .map(|p| open("initrd", p))
+        .transpose()?;
+
+    let vm = hv.create_vm().map_err(VmmError::Kvm)?;
+    vm.set_tss_and_identity_map()?;
+    vm.create_irqchip_and_pit()?;
+
+    let memory = create_guest_memory(config.memory)?;
+    register_guest_memory(&vm, &memory)?;
+
+    let kernel = arch::loader::load_kernel(&memory, &mut kernel_file).map_err(|source| {
+        VmmError::Kernel {
+            path: config.kernel.clone(),
+            source,
+        }
+    })?;
+    let cmdline_len = write_cmdline(&memory, &kernel, &config.cmdline)?;
+    let initrd = match (&mut initrd_file, &config.initrd) {
+        (Some(f), Some(path)) => Some(
+            arch::loader::load_initrd(&memory, config.memory, &kernel, f).map_err(|source| {
+                VmmError::Initrd {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+        ),
+        _ => None,
+    };
+
+    let cpus = config.cpus as u8;
+    arch::mptable::setup_mptable(&memory, cpus)?;
+    let rsdp_addr = arch::acpi::setup_acpi(&memory, cpus)?;
+    let memory_map = arch::memory::memory_map(config.memory);
+    let info = arch::boot::BootInfo {
+        cmdline_addr: CMDLINE_START,
+        cmdline_len,
+        initrd,
+        memory_map: &memory_map,
+        rsdp_addr,
+    };
+    match kernel.entry {
+        BootEntry::Linux64 { .. } => {
+            arch::boot::write_boot_params(&memory, kernel.setup_header, &info)?
+        }
+        BootEntry::Pvh { .. } => arch::boot::write_pvh_start_info(&memory, &info)?,
+    }
+
+    let devices = DeviceManager::new(&vm, config.memory, start, config.boot_timer)?;
+
+    let supported = hv.supported_cpuid()?;
+    let tsc_deadline = hv.has_tsc_deadline_timer();
+    let mut vcpus = Vec::with_capacity(usize::from(cpus));
+    for id in 0..cpus {
+        let vcpu = vm.create_vcpu(id)?;
+        let mut cpuid = supported.clone();
+        arch::cpuid::filter_cpuid(&mut cpuid, id, cpus, tsc_deadline);
+        vcpu.set_cpuid(&cpuid)?;
+        arch::regs::setup_msrs(&vcpu)?;
+        arch::regs::setup_fpu(&vcpu)?;
+        arch::regs::setup_lint(&vcpu)?;
+        if id == 0 {
+            arch::regs::setup_boot_vcpu(&vcpu, &memory, kernel.entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    tracing::info!(
+        cpus,
+        memory_mib = config.memory >> 20,
+        entry = ?kernel.entry,
+        "VM built"
+    );
+    Ok(BuiltVm {
+        vm,
+        memory,
+        devices,
+        vcpus,
+    })
+}

@@ -1,0 +1,95 @@
+//! The VM's device set: the legacy PC devices on the port-I/O bus, their interrupts wired to
+//! KVM through irqfds, and the events by which they end the VM.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::legacy::{
+    ACPI_PM_LEN, CMOS_LEN, CMOS_PORT, COM1_IRQ, COM1_PORT, COM_LEN, DEBUG_PORT, DEBUG_PORT_LEN,
+    I8042_KBD_IRQ, I8042_LEN, I8042_PORT,
+};
+use devices::{AcpiPmDevice, Bus, Cmos, DebugPort, SerialDevice, SharedDevice, I8042};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::console::RawStdout;
+use crate::VmmError;
+
+/// Devices and buses of one VM.
+pub struct DeviceManager {
+    pub pio_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// Written when the guest resets the machine.
+    pub reset_evt: EventFd,
+    /// Written when the guest powers off.
+    pub shutdown_evt: EventFd,
+}
+
+fn eventfd() -> Result<EventFd, VmmError> {
+    EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)
+}
+
+fn clone_evt(evt: &EventFd) -> Result<EventFd, VmmError> {
+    evt.try_clone().map_err(VmmError::EventFd)
+}
+
+impl DeviceManager {
+    /// Creates the legacy devices for a guest with `mem_size` bytes of RAM and connects their
+    /// interrupts to `vm`.
+    pub fn new(
+        vm: &hv::Vm,
+        mem_size: u64,
+        start: Instant,
+        boot_timer: bool,
+    ) -> Result<Self, VmmError> {
+        let pio_bus = Arc::new(Bus::new());
+        let mmio_bus = Arc::new(Bus::new());
+        let reset_evt = eventfd()?;
+        let shutdown_evt = eventfd()?;
+
+        let serial_irq = eventfd()?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            Box::new(RawStdout),
+        )));
+
+        let kbd_irq = eventfd()?;
+        vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)?;
+        let i8042 = I8042::new(clone_evt(&reset_evt)?, kbd_irq);
+
+        let below_4g = arch::memory::low_ram_end(mem_size);
+        let cmos = Cmos::new(below_4g, mem_size - below_4g);
+        let timer_out: Option<Box<dyn std::io::Write + Send>> = if boot_timer {
+            Some(Box::new(std::io::stderr()))
+        } else {
+            None
+        };
+        let debug_port = DebugPort::new(start, timer_out);
+        let acpi_pm = AcpiPmDevice::new(clone_evt(&shutdown_evt)?, clone_evt(&reset_evt)?);
+
+        let pio: [(SharedDevice, u64, u64); 5] = [
+            (serial.clone(), COM1_PORT, COM_LEN),
+            (Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_LEN),
+            (Arc::new(Mutex::new(cmos)), CMOS_PORT, CMOS_LEN),
+            (Arc::new(Mutex::new(debug_port)), DEBUG_PORT, DEBUG_PORT_LEN),
+            (
+                Arc::new(Mutex::new(acpi_pm)),
+                u64::from(arch::layout::ACPI_PM_PORT),
+                ACPI_PM_LEN,
+            ),
+        ];
+        for (dev, base, len) in pio {
+            pio_bus
+                .insert(dev, base, len)
+                .map_err(|e| VmmError::Device(e.to_string()))?;
+        }
+        Ok(DeviceManager {
+            pio_bus,
+            mmio_bus,
+            serial,
+            reset_evt,
+            shutdown_evt,
+        })
+    }
+}

@@ -116,14 +116,15 @@ const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// MTRRs enabled, default memory type write-back.
 const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
 
-/// The boot MSR values: syscall MSRs cleared, TSC at 0, fast strings, MTRR default WB.
+/// The boot MSR values: syscall MSRs cleared, fast strings, MTRR default WB. The TSC is left
+/// alone: KVM starts every vCPU's TSC in sync, and writing it per vCPU at different moments
+/// makes Linux mark the TSC unstable.
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     let e = |index, data| kvm_msr_entry {
         index,
@@ -139,7 +140,6 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
         e(MSR_KERNEL_GS_BASE, 0),
         e(MSR_SYSCALL_MASK, 0),
         e(MSR_LSTAR, 0),
-        e(MSR_IA32_TSC, 0),
         e(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         e(MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ]

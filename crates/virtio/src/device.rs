@@ -1,0 +1,70 @@
+//! The device side of the virtio contract, shared by every device model and transport.
+
+use std::io;
+use std::sync::Arc;
+
+use arch::GuestMemoryMmap;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Which interrupt a device raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptKind {
+    /// The device configuration space changed.
+    Config,
+    /// Used buffers were added to queue `index`.
+    Queue(u16),
+}
+
+/// How a device signals the guest (MSI-X vectors through irqfds for virtio-pci).
+pub trait Interrupt: Send + Sync {
+    fn trigger(&self, kind: InterruptKind) -> io::Result<()>;
+}
+
+/// One activated queue: the negotiated ring and the eventfd the guest's kicks arrive on.
+#[derive(Debug)]
+pub struct QueueHandle {
+    pub index: u16,
+    pub queue: Queue,
+    pub kick: EventFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("device expects {expected} queues, the driver enabled {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("device already active")]
+    AlreadyActive,
+    #[error("cannot start the device worker")]
+    Worker(#[source] io::Error),
+    #[error("device backend failed: {0}")]
+    Backend(String),
+}
+
+/// A virtio device model. All methods take guest-controlled values (offsets, lengths,
+/// features): implementations bound-check them and never panic.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (1 net, 2 block, 4 entropy, 19 vsock, …).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (including `VIRTIO_F_VERSION_1`).
+    fn features(&self) -> u64;
+    /// The features the driver accepted (a subset of [`VirtioDevice::features`]; the transport
+    /// masks anything else out).
+    fn ack_features(&mut self, features: u64);
+    /// Reads device-specific configuration at `offset`; out-of-range bytes read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device-specific configuration; read-only or out-of-range bytes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts serving `queues` (the driver set DRIVER_OK).
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<QueueHandle>,
+    ) -> Result<(), ActivateError>;
+    /// Stops the workers and returns the device to its pre-activation state (driver reset).
+    /// Returns false if the device cannot be reset (the transport then sets NEEDS_RESET).
+    fn reset(&mut self) -> bool;
+}

@@ -1,0 +1,13 @@
+//! `virtio`: paravirtual device models (block, network, entropy, vsock) on top of
+//! `virtio-queue`, independent of the transport that carries them (virtio-pci lives in the
+//! `pci` crate).
+//!
+//! The contract between a transport and a device is [`VirtioDevice`]: the transport owns the
+//! common configuration (feature negotiation, queue addresses, status) and, once the driver
+//! sets DRIVER_OK, hands the device its queues with their notification eventfds
+//! (ioeventfds registered with KVM) and an [`Interrupt`] to signal the guest. The device
+//! then serves its queues on its own worker thread(s).
+
+pub mod device;
+
+pub use device::{ActivateError, Interrupt, InterruptKind, QueueHandle, VirtioDevice};

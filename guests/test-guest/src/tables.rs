@@ -1,0 +1,3 @@
+//! Parsers for the firmware tables the VMM writes: Intel MP 1.4 and ACPI.
+pub mod acpi;
+pub mod mp;

@@ -3,7 +3,7 @@
 # host target as freestanding static executables. Idempotent; prints the output paths.
 #
 # Flags: static non-PIC code at fixed addresses; no red zone (interrupt handlers share the
-# stack); no MMX/SSE: kvm_pvm's instruction emulator (used right after some exits) fails on SSE
+# stack); no SSE: kvm_pvm's instruction emulator (used right after some exits) fails on SSE
 # instructions, so the guest must be integer-only. rustc warns that the ABI wants sse2; the
 # guest uses no floating point, so that ABI detail never matters here.
 set -eu
@@ -13,7 +13,7 @@ triple=x86_64-unknown-linux-gnu
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-RUSTFLAGS="-C relocation-model=static -C target-cpu=x86-64 -C no-redzone=yes -C target-feature=-mmx,-sse,-sse2" \
+RUSTFLAGS="-C relocation-model=static -C target-cpu=x86-64 -C no-redzone=yes -C target-feature=-sse,-sse2" \
     cargo build --quiet --release --target "$triple" \
     --manifest-path "$root/guests/test-guest/Cargo.toml" \
     --target-dir "$target_dir" >"$log" 2>&1 || status=$?

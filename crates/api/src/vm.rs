@@ -1,0 +1,1 @@
+//! The per-VM control API (served by the VMM on `--api-socket`).

@@ -1,0 +1,1 @@
+//! A small blocking client for kapsel APIs over UNIX sockets.

@@ -20,8 +20,11 @@ pub struct Cli {
 pub enum Command {
     /// Boot one virtual machine in the foreground, its serial console on stdin/stdout.
     Run(Box<run::RunArgs>),
+    /// OCI runtime commands (create, start, state, kill, delete) for container bundles.
+    Oci(oci::OciArgs),
 }
 
+mod oci;
 mod run;
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -31,6 +34,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log);
     match cli.command {
         Command::Run(args) => run::run(*args, start),
+        Command::Oci(args) => oci::run(args),
     }
 }
 

@@ -23,6 +23,7 @@ pub enum Call {
     Symlink(String, String),
     Sethostname(String),
     Unshare(i32),
+    Setns(i32, i32),
     WriteFile(String, Vec<u8>),
     Setrlimit(u32, u64, u64),
     NoNewPrivs,
@@ -54,6 +55,7 @@ impl Call {
             Call::Symlink(..) => "symlink",
             Call::Sethostname(_) => "sethostname",
             Call::Unshare(_) => "unshare",
+            Call::Setns(..) => "setns",
             Call::WriteFile(..) => "write_file",
             Call::Setrlimit(..) => "setrlimit",
             Call::NoNewPrivs => "no_new_privs",
@@ -163,6 +165,9 @@ impl Syscall for RecordingSyscall {
     }
     fn unshare(&self, flags: i32) -> SysResult<()> {
         self.record(Call::Unshare(flags))
+    }
+    fn setns(&self, fd: i32, nstype: i32) -> SysResult<()> {
+        self.record(Call::Setns(fd, nstype))
     }
     fn write_file(&self, path: &CStr, data: &[u8]) -> SysResult<()> {
         self.record(Call::WriteFile(s(path), data.to_vec()))

@@ -129,6 +129,11 @@ impl Syscall for LinuxSyscall {
         check(unsafe { libc::unshare(flags) }.into())
     }
 
+    fn setns(&self, fd: i32, nstype: i32) -> SysResult<()> {
+        // SAFETY: setns takes a descriptor and flags.
+        check(unsafe { libc::setns(fd, nstype) }.into())
+    }
+
     fn write_file(&self, path: &CStr, data: &[u8]) -> SysResult<()> {
         let fd = self.open(path, libc::O_WRONLY | libc::O_CLOEXEC)?;
         let res = self.write(fd, data);

@@ -72,6 +72,8 @@ pub trait Syscall {
     fn sethostname(&self, name: &[u8]) -> SysResult<()>;
     /// `unshare(2)`.
     fn unshare(&self, flags: i32) -> SysResult<()>;
+    /// `setns(2)`.
+    fn setns(&self, fd: i32, nstype: i32) -> SysResult<()>;
     /// Opens `path` and writes `data` to it (procfs and sysctl files).
     fn write_file(&self, path: &CStr, data: &[u8]) -> SysResult<()>;
     /// `setrlimit(2)`.

@@ -1,0 +1,243 @@
+//! Creating the container's first process: `clone` into new namespaces, a go/ready
+//! handshake over two pipes, and the child running its [`InitPlan`].
+
+use crate::error::ContainerError;
+use crate::init::{self, Failure, InitPlan};
+use sandbox::syscall::LinuxSyscall;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Descriptors to become the container's stdin, stdout and stderr (`None`: inherit).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stdio {
+    pub stdin: Option<RawFd>,
+    pub stdout: Option<RawFd>,
+    pub stderr: Option<RawFd>,
+}
+
+/// What the parent learned from the child's status pipe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Ready and blocked on the exec FIFO (`create`), or already `execve`d (`run`).
+    Ready,
+    /// Setup failed.
+    Failed(Failure),
+    /// Exited without a word.
+    Died,
+}
+
+/// A pipe with both ends close-on-exec: (read, write).
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(ContainerError::last_os("pipe2"));
+    }
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The pipes of one spawn; the child's ends are handed to [`InitPlan::status_fd`].
+#[derive(Debug)]
+pub struct Handshake {
+    go_r: OwnedFd,
+    go_w: OwnedFd,
+    status_r: OwnedFd,
+    status_w: OwnedFd,
+}
+
+impl Handshake {
+    pub fn new() -> Result<Self, ContainerError> {
+        let (go_r, go_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        Ok(Handshake {
+            go_r,
+            go_w,
+            status_r,
+            status_w,
+        })
+    }
+
+    /// The descriptor the child reports on.
+    pub fn status_fd(&self) -> RawFd {
+        self.status_w.as_raw_fd()
+    }
+}
+
+/// A spawned first process.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub outcome: Outcome,
+    /// The status pipe, still open: in run mode, EOF on it means `execve` succeeded.
+    pub status: OwnedFd,
+}
+
+/// Clones the child with `flags` (CLONE_NEW*), calls `setup(pid)` in the parent (cgroup,
+/// id maps), lets the child run `plan`, and waits for its ready record or failure.
+pub fn spawn(
+    plan: &InitPlan,
+    flags: i32,
+    stdio: Stdio,
+    hs: Handshake,
+    setup: impl FnOnce(i32) -> Result<(), ContainerError>,
+) -> Result<Spawned, ContainerError> {
+    // Everything the child needs is built before the clone: no allocation after it.
+    let sys = LinuxSyscall;
+    // SAFETY: a raw clone without CLONE_VM and without a new stack behaves like fork: the
+    // child gets a copy of this address space and returns here with 0.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(ContainerError::last_os("clone"));
+    }
+    if pid == 0 {
+        child(plan, &sys, stdio, &hs);
+    }
+    let pid = pid as i32;
+    let Handshake {
+        go_r,
+        go_w,
+        status_r,
+        status_w,
+    } = hs;
+    drop(go_r);
+    drop(status_w);
+    if let Err(e) = setup(pid) {
+        kill_and_reap(pid);
+        return Err(e);
+    }
+    write_all(go_w.as_raw_fd(), b"G").map_err(ContainerError::io("signal the container"))?;
+    drop(go_w);
+    let outcome = read_outcome(status_r.as_raw_fd());
+    if outcome != Outcome::Ready {
+        kill_and_reap(pid);
+    }
+    Ok(Spawned {
+        pid,
+        outcome,
+        status: status_r,
+    })
+}
+
+/// The child side: never returns.
+fn child(plan: &InitPlan, sys: &LinuxSyscall, stdio: Stdio, hs: &Handshake) -> ! {
+    // SAFETY: only async-signal-safe calls on descriptors and signal state this process owns.
+    unsafe {
+        let empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // Rust ignores SIGPIPE; ignored dispositions survive execve, so restore it.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::close(hs.go_w.as_raw_fd());
+        libc::close(hs.status_r.as_raw_fd());
+        for (fd, target) in [(stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)] {
+            if let Some(fd) = fd {
+                libc::dup2(fd, target);
+            }
+        }
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: reading one byte into a local buffer.
+    let n = unsafe { libc::read(hs.go_r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+    if n != 1 {
+        // SAFETY: _exit is always safe.
+        unsafe { libc::_exit(1) };
+    }
+    let failure = init::run(sys, plan);
+    let record = failure.encode();
+    if write_all(plan.status_fd, &record).is_err() {
+        // The parent stopped listening after `create`: say it on stderr.
+        let _ = write_all(2, b"kapsel: container process failed after start\n");
+    }
+    // SAFETY: _exit is always safe.
+    unsafe { libc::_exit(127) }
+}
+
+fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: pointer and length describe `buf`.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Reads the child's records: `R` means ready; `E…` a failure; EOF before `R` means died.
+fn read_outcome(fd: RawFd) -> Outcome {
+    let mut buf = [0u8; 13];
+    let mut len = 0;
+    loop {
+        // SAFETY: reading into the unfilled tail of `buf`.
+        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return Outcome::Died;
+        }
+        len += n as usize;
+        if buf[0] == b'R' {
+            return Outcome::Ready;
+        }
+        if len == buf.len() {
+            return Failure::decode(&buf).map_or(Outcome::Died, Outcome::Failed);
+        }
+    }
+}
+
+/// Reads on after `Ready` in run mode: EOF means `execve` succeeded.
+pub fn exec_outcome(status_r: RawFd) -> Outcome {
+    match read_outcome(status_r) {
+        Outcome::Died => Outcome::Ready,
+        other => other,
+    }
+}
+
+/// SIGKILL and reap a child that must not live on.
+pub fn kill_and_reap(pid: i32) {
+    // SAFETY: signalling and reaping our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::Step;
+    use sandbox::syscall::Errno;
+
+    #[test]
+    fn outcome_parsing() {
+        let (r, w) = pipe().unwrap();
+        write_all(w.as_raw_fd(), b"R").unwrap();
+        assert_eq!(read_outcome(r.as_raw_fd()), Outcome::Ready);
+        drop(w);
+        assert_eq!(exec_outcome(r.as_raw_fd()), Outcome::Ready);
+
+        let (r, w) = pipe().unwrap();
+        let f = Failure {
+            step: Step::Exec,
+            index: 0,
+            errno: Errno(libc::ENOENT),
+        };
+        write_all(w.as_raw_fd(), &f.encode()).unwrap();
+        drop(w);
+        assert_eq!(read_outcome(r.as_raw_fd()), Outcome::Failed(f));
+    }
+}

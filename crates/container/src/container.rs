@@ -531,6 +531,15 @@ fn make_fifo(path: &Path) -> Result<OwnedFd, ContainerError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The host ids of container root when a user namespace maps it.
+fn mapped_root(cfg: &ContainerConfig) -> Option<(u32, u32)> {
+    if !cfg.has_namespace(Namespace::User) {
+        return None;
+    }
+    let find = |maps: &[IdMap]| maps.iter().find(|m| m.container_id == 0).map(|m| m.host_id);
+    Some((find(&cfg.uid_mappings)?, find(&cfg.gid_mappings)?))
+}
+
 /// The host path the root is mounted at, and overlay options if it is an overlay.
 fn prepare_rootfs(
     cfg: &ContainerConfig,

@@ -177,26 +177,37 @@ fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {
 }
 
 /// Reads the child's records: `R` means ready; `E…` a failure; EOF before `R` means died.
+/// The tag is read alone so an `E` that follows an `R` stays in the pipe for the next call.
 fn read_outcome(fd: RawFd) -> Outcome {
+    let mut tag = [0u8; 1];
+    if read_exact(fd, &mut tag).is_err() {
+        return Outcome::Died;
+    }
+    if tag[0] == b'R' {
+        return Outcome::Ready;
+    }
     let mut buf = [0u8; 13];
+    buf[0] = tag[0];
+    if read_exact(fd, &mut buf[1..]).is_err() {
+        return Outcome::Died;
+    }
+    Failure::decode(&buf).map_or(Outcome::Died, Outcome::Failed)
+}
+
+fn read_exact(fd: RawFd, buf: &mut [u8]) -> Result<(), ()> {
     let mut len = 0;
-    loop {
+    while len < buf.len() {
         // SAFETY: reading into the unfilled tail of `buf`.
         let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
         if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
             continue;
         }
         if n <= 0 {
-            return Outcome::Died;
+            return Err(());
         }
         len += n as usize;
-        if buf[0] == b'R' {
-            return Outcome::Ready;
-        }
-        if len == buf.len() {
-            return Failure::decode(&buf).map_or(Outcome::Died, Outcome::Failed);
-        }
     }
+    Ok(())
 }
 
 /// Reads on after `Ready` in run mode: EOF means `execve` succeeded.

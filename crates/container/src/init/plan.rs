@@ -99,6 +99,8 @@ pub enum RootMount {
 pub struct InitPlan {
     /// Existing namespaces to join: (fd, CLONE_NEW* flag).
     pub join: Vec<(i32, i32)>,
+    /// In a new user namespace: become its root (mapped) before touching any filesystem.
+    pub become_ns_root: bool,
     /// Unshare the cgroup namespace after the parent moved us into our cgroup.
     pub unshare_cgroup: bool,
     /// Terminal to make the controlling tty and stdio.
@@ -217,6 +219,7 @@ pub fn build(cfg: &ContainerConfig, inp: PlanInputs) -> Result<InitPlan, PlanErr
     };
     Ok(InitPlan {
         join: inp.join,
+        become_ns_root: userns,
         unshare_cgroup: cfg
             .namespaces
             .iter()

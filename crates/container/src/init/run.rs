@@ -165,6 +165,12 @@ fn namespaces(sys: &dyn Syscall, plan: &InitPlan) -> R {
     for (i, (fd, flag)) in plan.join.iter().enumerate() {
         sys_setns(sys, *fd, *flag).map_err(at(Step::Setns, i))?;
     }
+    if plan.become_ns_root {
+        // Until now this process runs with the host ids it was cloned with, which the
+        // new namespace does not map; files it created would be unrepresentable.
+        let root = sandbox::syscall::Ids { uid: 0, gid: 0 };
+        sys.set_ids(root, &[]).map_err(at(Step::SetIds, 3))?;
+    }
     if plan.unshare_cgroup {
         sys.unshare(libc::CLONE_NEWCGROUP)
             .map_err(at(Step::UnshareCgroup, 0))?;

@@ -1,0 +1,192 @@
+//! Real containers from the busybox root filesystem: output, exit status, OCI lifecycle.
+
+mod common;
+
+use common::*;
+use container::spec::{to_config, Spec};
+use container::{Container, CreateOptions, Status, Stdio};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+
+#[test]
+fn shell_command_output_and_exit_code() {
+    let f = sh("out", "echo hello from $(hostname); exit 7");
+    assert_eq!(f.code, 7, "{}", f.output);
+    assert!(f.output.starts_with("hello from out-"), "{}", f.output);
+}
+
+#[test]
+fn killed_by_signal_reports_128_plus_signal() {
+    let cfg = config("sig", &["sleep", "30"]);
+    let opts = CreateOptions {
+        wait_for_start: false,
+        ..CreateOptions::oci(state_root())
+    };
+    let c = Container::create(&cfg, &opts).unwrap();
+    c.kill(libc::SIGKILL, false).unwrap();
+    assert_eq!(c.wait().unwrap(), 128 + 9);
+    c.delete(false).unwrap();
+}
+
+#[test]
+fn missing_program_is_a_named_error() {
+    let cfg = config("noexec", &["/no/such/program"]);
+    let opts = CreateOptions {
+        wait_for_start: false,
+        ..CreateOptions::oci(state_root())
+    };
+    let err = Container::create(&cfg, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("/no/such/program") && err.contains("No such file"),
+        "{err}"
+    );
+    assert!(
+        Container::load(&state_root(), &cfg.id).is_err(),
+        "state removed"
+    );
+}
+
+#[test]
+fn overlay_writes_stay_in_the_upper_dir() {
+    let cfg = config(
+        "overlay",
+        &["sh", "-c", "echo data > /etc/written && cat /etc/written"],
+    );
+    let f = run(&cfg);
+    assert_eq!(f.output.trim(), "data");
+    assert!(!busybox().join("etc/written").exists(), "image untouched");
+}
+
+#[test]
+fn pid_one_and_private_hostname() {
+    let f = sh("pid1", "echo $$; hostname");
+    let lines: Vec<&str> = f.output.lines().collect();
+    assert_eq!(lines[0], "1", "{}", f.output);
+    assert!(lines[1].starts_with("pid1-"));
+}
+
+#[test]
+fn capabilities_are_dropped_to_the_default_set() {
+    let f = sh("caps", "grep CapBnd /proc/self/status");
+    let hex = f.output.split_whitespace().nth(1).unwrap();
+    let bits = u64::from_str_radix(hex, 16).unwrap();
+    assert_eq!(bits, sandbox::caps::CapSet::default_container().0);
+    let f = sh(
+        "nnp",
+        "grep NoNewPrivs /proc/self/status; grep Seccomp: /proc/self/status",
+    );
+    assert!(f.output.contains("NoNewPrivs:\t1"), "{}", f.output);
+    assert!(f.output.contains("Seccomp:\t2"), "{}", f.output);
+}
+
+#[test]
+fn user_namespace_maps_root_to_an_unprivileged_host_id() {
+    // Mapped root cannot traverse /root (0700), where the image cache lives: use a copy.
+    let img = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("cp")
+        .args(["-a", &format!("{}/.", busybox().display())])
+        .arg(img.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(
+        img.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut cfg = config("userns", &["sh", "-c", "id -u; cat /proc/self/uid_map"])
+        .with_user_namespace(100_000, 65_536);
+    cfg.rootfs = container::RootfsSource::Overlay(vec![img.path().to_path_buf()]);
+    let f = run(&cfg);
+    assert_eq!(f.code, 0, "{}", f.output);
+    let mut lines = f.output.lines();
+    assert_eq!(lines.next(), Some("0"));
+    let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(map, vec!["0", "100000", "65536"]);
+}
+
+/// A bundle as `runc spec` writes it, rewritten only to point at the busybox rootfs,
+/// without a terminal, and with our command.
+fn runc_bundle(args: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("runc")
+        .arg("spec")
+        .current_dir(dir.path())
+        .status()
+        .expect("runc is installed (apt-get install runc)");
+    assert!(st.success());
+    let path = dir.path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["root"]["path"] = busybox().display().to_string().into();
+    v["process"]["terminal"] = false.into();
+    v["process"]["args"] = args.iter().map(|s| serde_json::Value::from(*s)).collect();
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    dir
+}
+
+#[test]
+fn runc_spec_bundle_runs_unchanged_through_the_oci_lifecycle() {
+    let bundle = runc_bundle(&["sh", "-c", "hostname; touch /x 2>&1; exit 5"]);
+    let spec = Spec::load(bundle.path()).unwrap();
+    let id = unique("runc");
+    let cfg = to_config(&spec, &id, bundle.path()).unwrap();
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let opts = CreateOptions {
+        stdio: Stdio {
+            stdin: None,
+            stdout: Some(writer.as_raw_fd()),
+            stderr: Some(writer.as_raw_fd()),
+        },
+        ..CreateOptions::oci(state_root())
+    };
+    let mut c = Container::create(&cfg, &opts).unwrap();
+    drop(writer);
+    assert_eq!(c.status(), Status::Created);
+    let state = Container::load(&state_root(), &id).unwrap().oci_state();
+    assert_eq!(state.pid, c.pid());
+    c.start().unwrap();
+    let mut out = String::new();
+    reader.read_to_string(&mut out).unwrap();
+    assert_eq!(c.wait().unwrap(), 5);
+    assert_eq!(c.status(), Status::Stopped);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("runc"));
+    assert!(
+        lines.next().unwrap().contains("Read-only file system"),
+        "{out}"
+    );
+    c.delete(false).unwrap();
+}
+
+#[test]
+fn delete_of_a_running_container_needs_force() {
+    let cfg = config("force", &["sleep", "30"]);
+    let opts = CreateOptions {
+        wait_for_start: false,
+        ..CreateOptions::oci(state_root())
+    };
+    let c = Container::create(&cfg, &opts).unwrap();
+    assert_eq!(c.status(), Status::Running);
+    let c = Container::load(&state_root(), &cfg.id).unwrap();
+    let err = c.delete(false).unwrap_err().to_string();
+    assert!(err.contains("running"), "{err}");
+    let mut c = Container::load(&state_root(), &cfg.id).unwrap();
+    c.pause().unwrap();
+    assert_eq!(c.status(), Status::Paused);
+    c.resume().unwrap();
+    c.delete(true).unwrap();
+    assert!(Container::load(&state_root(), &cfg.id).is_err());
+}
+
+#[test]
+fn debian_rootfs_runs() {
+    let debian = common::rootfs("debian");
+    let mut cfg = config(
+        "debian",
+        &["sh", "-c", "cat /etc/debian_version; ls /usr/bin/apt"],
+    );
+    cfg.rootfs = container::RootfsSource::Overlay(vec![debian]);
+    let f = run(&cfg);
+    assert_eq!(f.code, 0, "{}", f.output);
+    assert!(f.output.starts_with("12"), "{}", f.output);
+}

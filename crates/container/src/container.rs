@@ -562,9 +562,14 @@ fn prepare_rootfs(
                 lower.push(l.display().to_string());
             }
             let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
+            let root_ids = mapped_root(cfg);
             for d in [&upper, &work, &merged] {
                 std::fs::create_dir(d)
                     .map_err(ContainerError::io(format!("mkdir {}", d.display())))?;
+                if let Some((uid, gid)) = root_ids {
+                    std::os::unix::fs::chown(d, Some(uid), Some(gid))
+                        .map_err(ContainerError::io(format!("chown {}", d.display())))?;
+                }
             }
             let opts = format!(
                 "lowerdir={},upperdir={},workdir={}",

@@ -76,6 +76,40 @@ impl TestBedRun {
     }
 }
 
+/// Appends `NAME: NESTED-RESULT… | boot=seconds…` to `$KAPSEL_TESTBED_TIMINGS` when set
+/// (`scripts/test.sh` prints that file at the end). Best effort: timings are not a result.
+fn record_timing(name: &str, run: &TestBedRun) {
+    let Some(path) = std::env::var_os("KAPSEL_TESTBED_TIMINGS") else {
+        return;
+    };
+    let line = timing_line(name, run);
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("cannot append to {}: {e}", PathBuf::from(path).display());
+    }
+}
+
+fn timing_line(name: &str, run: &TestBedRun) -> String {
+    let boots: Vec<String> = run
+        .boots()
+        .iter()
+        .map(|b| match b.seconds {
+            Some(s) => format!("{}={s:.1}s", b.name),
+            None => format!("{}=?", b.name),
+        })
+        .collect();
+    format!(
+        "{name}: {} attempts={} | {}\n",
+        run.result_line().unwrap_or("no NESTED-RESULT"),
+        run.attempts,
+        boots.join(" ")
+    )
+}
+
 impl TestBed {
     /// A scenario called `name` (used in temp file names and messages), L1 with 2 vCPUs and
     /// 2 GiB, 600 s timeout, the L1 kernel `host/bzImage` from [`guest_dir`].
@@ -174,6 +208,9 @@ impl TestBed {
         let log = tmp.join(format!("{stem}.log"));
         let result = self.run_attempts(&script, &log);
         let _ = std::fs::remove_file(&script);
+        if let Ok(run) = &result {
+            record_timing(&self.name, run);
+        }
         result
     }
 
@@ -299,6 +336,17 @@ mod tests {
         let r = run_with("NESTED-RESULT: rc=1\nx\nNESTED-RESULT: rc=0 total=3.1s\n");
         assert_eq!(r.result_line(), Some("NESTED-RESULT: rc=0 total=3.1s"));
         assert_eq!(run_with("nothing").result_line(), None);
+    }
+
+    #[test]
+    fn timing_line_lists_boots() {
+        let r = run_with(
+            "KTEST-BEGIN a\nKTEST-END a rc=0 seconds=2.25\nNESTED-RESULT: rc=0 total=9.0s\n",
+        );
+        assert_eq!(
+            timing_line("t", &r),
+            "t: NESTED-RESULT: rc=0 total=9.0s attempts=1 | a=2.2s\n"
+        );
     }
 
     #[test]

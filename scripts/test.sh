@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# test.sh - THE test command: everything a fresh Debian 12 machine needs, then every test.
+#
+# Usage: scripts/test.sh [CARGO_TEST_ARGS...]      e.g. scripts/test.sh testbed_linux
+#
+#  1. host packages (scripts/setup-host.sh)             4. fmt + clippy (KAPSEL_SKIP_LINT=1 skips)
+#  2. Linux guest artifacts (scripts/guest-artifacts.sh) 5. the static kapsel, once (release)
+#  3. the hand-written test guest, if its script exists  6. cargo test --workspace (debug)
+#
+# The Linux end-to-end tests (crates/kapsel/tests/testbed_*.rs) boot real guests with the
+# static release kapsel inside the nested test bed (scripts/testbed.sh); unit tests run in
+# debug, which builds faster. Fails loudly without /dev/kvm. Expect 10-25 minutes on 2 cores
+# from a warm cargo cache, plus ~30 min once if the guest kernels must be built.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+T0=$SECONDS
+step() { printf '\n==> [%dm%02ds] %s\n' $(((SECONDS - T0) / 60)) $(((SECONDS - T0) % 60)) "$*" >&2; }
+die() { printf '\ntest.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+if [ -f "$HOME/.cargo/env" ] && ! command -v cargo >/dev/null; then . "$HOME/.cargo/env"; fi
+
+step "host packages"
+scripts/setup-host.sh
+
+[ -c /dev/kvm ] || die "/dev/kvm is missing: kapsel needs KVM (modprobe kvm_intel or kvm_amd, or use a KVM-capable VM)"
+[ -r /dev/kvm ] && [ -w /dev/kvm ] || die "/dev/kvm is not read/writable for $(id -un)"
+
+step "guest artifacts"
+KAPSEL_GUEST_DIR=$(scripts/guest-artifacts.sh) || die "guest artifacts"
+export KAPSEL_GUEST_DIR
+echo "guest dir: $KAPSEL_GUEST_DIR" >&2
+
+if [ -x scripts/build-test-guest.sh ]; then
+  step "hand-written test guest"
+  scripts/build-test-guest.sh || die "scripts/build-test-guest.sh"
+fi
+
+if [ "${KAPSEL_SKIP_LINT:-0}" != 1 ]; then
+  step "cargo fmt --check, clippy -D warnings"
+  cargo fmt --all --check || die "cargo fmt: run 'cargo fmt --all'"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings || die "clippy"
+fi
+
+step "static kapsel (release) for the test bed"
+STATIC_TARGET=x86_64-unknown-linux-gnu
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$STATIC_TARGET" \
+  -p kapsel --target-dir "$REPO/target/static" || die "static kapsel build"
+export KAPSEL_STATIC_BIN=$REPO/target/static/$STATIC_TARGET/release/kapsel
+file -L "$KAPSEL_STATIC_BIN" | grep -q 'statically linked' || die "$KAPSEL_STATIC_BIN is not static"
+
+step "cargo test --workspace $*"
+KAPSEL_TESTBED_TIMINGS=$(mktemp /tmp/kapsel-testbed-timings.XXXXXX)
+export KAPSEL_TESTBED_TIMINGS
+trap 'rm -f "$KAPSEL_TESTBED_TIMINGS"' EXIT
+rc=0
+cargo test --workspace -- "$@" || rc=$?
+
+if [ -s "$KAPSEL_TESTBED_TIMINGS" ]; then
+  step "test-bed timings (host wall time; boots: L1 wall time per L2 boot)"
+  cat "$KAPSEL_TESTBED_TIMINGS" >&2
+fi
+[ $rc = 0 ] || die "cargo test (exit $rc)"
+step "all tests passed"

@@ -244,7 +244,7 @@ impl ContainerConfig {
             uid_mappings: Vec::new(),
             gid_mappings: Vec::new(),
             mounts,
-            devices: Vec::new(),
+            devices: default_devices(),
             masked_paths: DEFAULT_MASKED.iter().map(|s| s.to_string()).collect(),
             readonly_paths: DEFAULT_READONLY.iter().map(|s| s.to_string()).collect(),
             sysctl: BTreeMap::new(),

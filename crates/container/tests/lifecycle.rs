@@ -1,4 +1,5 @@
 //! Real containers from the busybox root filesystem: output, exit status, OCI lifecycle.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,0 +1,221 @@
+//! The vsock worker: one thread serving the three queues and every host socket.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arch::GuestMemoryMmap;
+use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::Bytes;
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::muxer::Muxer;
+use super::packet::Hdr;
+use super::MAX_PKT_DATA;
+use crate::{Interrupt, InterruptKind, QueueHandle};
+
+pub const RX_INDEX: u16 = 0;
+pub const TX_INDEX: u16 = 1;
+pub const EVT_INDEX: u16 = 2;
+
+const TOKEN_STOP: u64 = 0;
+const TOKEN_RX: u64 = 1;
+const TOKEN_TX: u64 = 2;
+const TOKEN_EVT: u64 = 3;
+
+/// Per-device counters.
+#[derive(Debug, Default)]
+pub struct VsockCounters {
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+    /// Chains the guest got wrong (returned used with length 0).
+    pub bad_chains: AtomicU64,
+}
+
+pub struct Worker {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+    rx: QueueHandle,
+    tx: QueueHandle,
+    evt: QueueHandle,
+    mux: Muxer,
+    buf: Vec<u8>,
+    counters: Arc<VsockCounters>,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Worker {
+    pub fn new(
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: [QueueHandle; 3],
+        mux: Muxer,
+        counters: Arc<VsockCounters>,
+    ) -> Self {
+        let [rx, tx, evt] = queues;
+        Worker {
+            mem,
+            interrupt,
+            rx,
+            tx,
+            evt,
+            mux,
+            buf: vec![0; MAX_PKT_DATA as usize],
+            counters,
+        }
+    }
+
+    pub fn muxer(&mut self) -> &mut Muxer {
+        &mut self.mux
+    }
+
+    fn notify(&mut self, index: u16) {
+        let queue = if index == RX_INDEX {
+            &mut self.rx.queue
+        } else {
+            &mut self.tx.queue
+        };
+        if queue.needs_notification(&self.mem).unwrap_or(true) {
+            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(index)) {
+                tracing::warn!(error = %e, "vsock interrupt failed");
+            }
+        }
+    }
+
+    /// Takes every packet the guest queued and hands it to the muxer.
+    pub fn process_tx(&mut self) {
+        let mut used = false;
+        while let Some(mut chain) = self.tx.queue.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            let parsed =
+                VsockPacket::from_tx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA).map(|pkt| {
+                    let hdr = Hdr::from_packet(&pkt);
+                    let n = pkt.data_slice().map_or(0, |s| {
+                        let n = s.len().min(self.buf.len());
+                        s.copy_to(&mut self.buf[..n])
+                    });
+                    (hdr, n)
+                });
+            match parsed {
+                Ok((hdr, n)) => {
+                    bump(&self.counters.tx_packets);
+                    self.mux.handle_guest(hdr, &self.buf[..n]);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "bad vsock TX chain");
+                    bump(&self.counters.bad_chains);
+                }
+            }
+            if self.tx.queue.add_used(&self.mem, head, 0).is_err() {
+                bump(&self.counters.bad_chains);
+            }
+            used = true;
+        }
+        if used {
+            self.notify(TX_INDEX);
+        }
+    }
+
+    /// Fills the guest's RX buffers with waiting packets.
+    pub fn process_rx(&mut self) {
+        let mut used = false;
+        while self.mux.has_packets() {
+            let Some(mut chain) = self.rx.queue.pop_descriptor_chain(&self.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut pkt =
+                match VsockPacket::from_rx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "bad vsock RX chain");
+                        bump(&self.counters.bad_chains);
+                        let _ = self.rx.queue.add_used(&self.mem, head, 0);
+                        used = true;
+                        continue;
+                    }
+                };
+            let cap = pkt.data_slice().map_or(0, |s| s.len()).min(self.buf.len());
+            let next = if cap == 0 {
+                self.mux.next_control()
+            } else {
+                self.mux.next_packet(&mut self.buf[..cap])
+            };
+            let Some((hdr, n)) = next else {
+                self.rx.queue.go_to_previous_position();
+                break;
+            };
+            let header_ok = pkt
+                .header_slice()
+                .write_slice(&[0u8; PKT_HEADER_SIZE], 0)
+                .is_ok();
+            hdr.write_to(&mut pkt);
+            if let (Some(data), true) = (pkt.data_slice(), n > 0) {
+                data.copy_from(&self.buf[..n]);
+            }
+            if !header_ok {
+                bump(&self.counters.bad_chains);
+            }
+            bump(&self.counters.rx_packets);
+            let len = (PKT_HEADER_SIZE + n) as u32;
+            if self.rx.queue.add_used(&self.mem, head, len).is_err() {
+                bump(&self.counters.bad_chains);
+            }
+            used = true;
+        }
+        if used {
+            self.notify(RX_INDEX);
+        }
+    }
+
+    /// Serves the device until `stop` is written.
+    pub fn run(mut self, stop: &EventFd) -> io::Result<()> {
+        let fixed = [
+            (stop.as_raw_fd(), TOKEN_STOP),
+            (self.rx.kick.as_raw_fd(), TOKEN_RX),
+            (self.tx.kick.as_raw_fd(), TOKEN_TX),
+            (self.evt.kick.as_raw_fd(), TOKEN_EVT),
+        ];
+        for (fd, token) in fixed {
+            self.mux.epoll().ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        self.process_tx();
+        self.process_rx();
+        let mut events = vec![EpollEvent::default(); 32];
+        loop {
+            let n = match self.mux.epoll().wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_STOP => return Ok(()),
+                    TOKEN_RX => {
+                        let _ = self.rx.kick.read();
+                    }
+                    TOKEN_TX => {
+                        let _ = self.tx.kick.read();
+                        self.process_tx();
+                    }
+                    TOKEN_EVT => {
+                        // the event queue only carries transport resets, which we never send
+                        let _ = self.evt.kick.read();
+                    }
+                    token => self.mux.handle_event(token, ev.event_set()),
+                }
+            }
+            self.process_rx();
+        }
+    }
+}

@@ -12,7 +12,7 @@ mod vm;
 pub use error::HvError;
 pub use hypervisor::Hypervisor;
 pub use vcpu::{Vcpu, VmExit};
-pub use vm::Vm;
+pub use vm::{IoEventAddress, IrqRouter, MsiMessage, Vm};
 
 /// Plain KVM data types (register files, CPUID and MSR lists) used by arch setup.
 pub mod types {

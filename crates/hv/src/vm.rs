@@ -1,11 +1,16 @@
 //! A KVM virtual machine: memory slots, in-kernel interrupt controllers and timers, irqfds,
 //! vCPU creation.
 
+use std::sync::Arc;
+
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{HvError, Vcpu};
+
+mod routing;
+pub use routing::{IoEventAddress, IrqRouter, MsiMessage};
 
 /// Guest-physical address of the three-page TSS region KVM on Intel needs; it must not overlap
 /// guest RAM that the guest uses, so it sits at the top of the 32-bit space, inside the hole.
@@ -16,12 +21,13 @@ pub const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 /// A KVM VM.
 #[derive(Debug)]
 pub struct Vm {
-    fd: VmFd,
+    /// Shared with the [`IrqRouter`], which devices use at run time.
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
     pub(crate) fn new(fd: VmFd) -> Self {
-        Vm { fd }
+        Vm { fd: Arc::new(fd) }
     }
 
     /// Registers `size` bytes of host memory at `host_addr` as guest-physical memory at

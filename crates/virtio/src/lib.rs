@@ -8,6 +8,10 @@
 //! (ioeventfds registered with KVM) and an [`Interrupt`] to signal the guest. The device
 //! then serves its queues on its own worker thread(s).
 
+pub mod block;
 pub mod device;
+pub mod log_limit;
+pub mod rng;
+pub mod worker;
 
 pub use device::{ActivateError, Interrupt, InterruptKind, QueueHandle, VirtioDevice};

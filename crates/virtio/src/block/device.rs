@@ -1,0 +1,275 @@
+//! The virtio-blk device: features, configuration space and the worker's life cycle.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arch::GuestMemoryMmap;
+
+use super::io::DiskFile;
+use super::request::{MAX_DATA_DESCRIPTORS, MAX_SEGMENTS};
+use super::worker::{QueueServer, RequestGate, Stats, Unlimited};
+use super::{ID_BYTES, TYPE_BLOCK};
+use crate::device::{ActivateError, Interrupt, QueueHandle, VirtioDevice};
+use crate::worker::{Worker, WorkerEvent};
+
+const QUEUE_SIZE: u16 = 256;
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+/// Length of `struct virtio_blk_config` up to `write_zeroes_may_unmap` and its padding.
+const CONFIG_LEN: usize = 60;
+/// Largest discard / write-zeroes range per segment (sectors).
+const MAX_DISCARD_SECTORS: u32 = u32::MAX >> 9;
+
+/// What the VMM asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Serial number for GET_ID (at most 20 bytes are used).
+    pub serial: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot open disk image {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk image {0} is smaller than one 512-byte sector")]
+    Empty(PathBuf),
+}
+
+pub struct Block {
+    id: String,
+    disk: Arc<DiskFile>,
+    serial: [u8; ID_BYTES],
+    config: [u8; CONFIG_LEN],
+    features: u64,
+    acked: u64,
+    worker: Option<Worker>,
+    /// Where requests are admitted; a rate limiter replaces the default before activation.
+    gate_factory: Box<dyn Fn() -> Box<dyn RequestGate> + Send>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+fn serial_bytes(s: &str) -> [u8; ID_BYTES] {
+    let mut b = [0u8; ID_BYTES];
+    let n = s.len().min(ID_BYTES);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    b
+}
+
+fn build_config(sectors: u64) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
+    put(0, &sectors.to_le_bytes());
+    put(12, &(MAX_DATA_DESCRIPTORS as u32).to_le_bytes()); // seg_max
+    put(20, &512u32.to_le_bytes()); // blk_size
+    put(34, &1u16.to_le_bytes()); // num_queues
+    put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(40, &MAX_SEGMENTS.to_le_bytes());
+    put(44, &1u32.to_le_bytes()); // discard_sector_alignment
+    put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(52, &MAX_SEGMENTS.to_le_bytes());
+    c[56] = 1; // write_zeroes_may_unmap
+    c
+}
+
+impl Block {
+    pub fn new(id: &str, cfg: &BlockConfig) -> Result<Self, BlockError> {
+        let disk = DiskFile::open(&cfg.path, cfg.read_only).map_err(|source| BlockError::Open {
+            path: cfg.path.clone(),
+            source,
+        })?;
+        Self::with_disk(id, disk, &cfg.serial, &cfg.path)
+    }
+
+    fn with_disk(id: &str, disk: DiskFile, serial: &str, path: &Path) -> Result<Self, BlockError> {
+        if disk.sectors() == 0 {
+            return Err(BlockError::Empty(path.to_path_buf()));
+        }
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_BLK_SIZE
+            | VIRTIO_BLK_F_FLUSH;
+        if disk.read_only() {
+            features |= VIRTIO_BLK_F_RO;
+        } else {
+            features |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        Ok(Block {
+            id: id.to_string(),
+            config: build_config(disk.sectors()),
+            disk: Arc::new(disk),
+            serial: serial_bytes(serial),
+            features,
+            acked: 0,
+            worker: None,
+            gate_factory: Box::new(|| Box::new(Unlimited)),
+            stats: Arc::new(Mutex::new(Stats::default())),
+        })
+    }
+
+    /// Installs the request admission policy (e.g. a rate limiter) used from the next
+    /// activation on.
+    pub fn set_gate(&mut self, factory: Box<dyn Fn() -> Box<dyn RequestGate> + Send>) {
+        self.gate_factory = factory;
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn sectors(&self) -> u64 {
+        self.disk.sectors()
+    }
+
+    /// Request counters of the last activation.
+    pub fn stats(&self) -> Stats {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features & self.features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let start = offset.min(CONFIG_LEN as u64) as usize;
+        let end = offset
+            .saturating_add(data.len() as u64)
+            .min(CONFIG_LEN as u64) as usize;
+        if start < end {
+            data[..end - start].copy_from_slice(&self.config[start..end]);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `writeback` (offset 32) is writable in the spec, and only with
+        // VIRTIO_BLK_F_CONFIG_WCE, which is not offered: every write is ignored.
+        crate::warn_limited!(offset, len = data.len(), "virtio-blk: ignored config write");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<QueueHandle>,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let mut queues = queues;
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
+        }
+        let QueueHandle { index, queue, kick } = queues.remove(0);
+        let gate = (self.gate_factory)();
+        let extra: Vec<_> = gate.wake_fd().into_iter().collect();
+        let mut server = QueueServer {
+            mem,
+            queue,
+            index,
+            disk: Arc::clone(&self.disk),
+            serial: self.serial,
+            gate,
+            stats: Stats::default(),
+            broken: false,
+        };
+        let stats = Arc::clone(&self.stats);
+        let worker = Worker::spawn(format!("{}-blk", self.id), vec![kick], extra, move |ev| {
+            if let WorkerEvent::Fd(_) = ev {
+                server.gate.on_wake();
+            }
+            server.serve(interrupt.as_ref());
+            *stats.lock().unwrap_or_else(PoisonError::into_inner) = server.stats;
+        })
+        .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        self.acked = 0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_space_reads_are_bounded() {
+        let path = std::env::temp_dir().join(format!("kapsel-blkdev-{}", std::process::id()));
+        std::fs::write(&path, vec![0; 8192]).unwrap();
+        let cfg = BlockConfig {
+            path: path.clone(),
+            read_only: true,
+            serial: "x".repeat(40),
+        };
+        let mut b = Block::new("vda", &cfg).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_ne!(b.features() & VIRTIO_BLK_F_RO, 0);
+        assert_eq!(b.features() & VIRTIO_BLK_F_DISCARD, 0);
+        let mut d = [0xffu8; 8];
+        b.read_config(0, &mut d);
+        assert_eq!(u64::from_le_bytes(d), 16);
+        let mut d = [0xffu8; 8];
+        b.read_config(56, &mut d);
+        assert_eq!(d, [1, 0, 0, 0, 0, 0, 0, 0]);
+        b.read_config(u64::MAX, &mut d);
+        assert_eq!(d, [0; 8]);
+        b.write_config(0, &[1, 2, 3]);
+        b.read_config(0, &mut d[..1]);
+        assert_eq!(d[0], 16);
+        assert!(b.reset());
+    }
+
+    #[test]
+    fn missing_or_empty_images_are_errors() {
+        let cfg = BlockConfig {
+            path: "/nonexistent/disk.img".into(),
+            read_only: false,
+            serial: String::new(),
+        };
+        assert!(matches!(
+            Block::new("vda", &cfg),
+            Err(BlockError::Open { .. })
+        ));
+        let path = std::env::temp_dir().join(format!("kapsel-blkempty-{}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        let cfg = BlockConfig {
+            path: path.clone(),
+            ..cfg
+        };
+        assert!(matches!(Block::new("vda", &cfg), Err(BlockError::Empty(_))));
+        std::fs::remove_file(&path).unwrap();
+    }
+}

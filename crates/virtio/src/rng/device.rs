@@ -1,0 +1,228 @@
+//! The entropy device: one queue of device-writable buffers, each filled with random bytes.
+
+use std::sync::Arc;
+
+use arch::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::Bytes;
+
+use crate::device::{ActivateError, Interrupt, InterruptKind, QueueHandle, VirtioDevice};
+use crate::worker::{Worker, WorkerEvent};
+
+pub const TYPE_RNG: u32 = 4;
+const QUEUE_SIZE: u16 = 256;
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Most bytes served per buffer chain (keeps one request from hogging the worker).
+const MAX_CHAIN_BYTES: usize = 64 << 10;
+
+pub struct Rng {
+    id: String,
+    acked: u64,
+    worker: Option<Worker>,
+}
+
+impl Rng {
+    pub fn new(id: &str) -> Self {
+        Rng {
+            id: id.to_string(),
+            acked: 0,
+            worker: None,
+        }
+    }
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Fills the writable buffers of one chain; returns how many bytes were written.
+fn fill_chain(
+    mem: &GuestMemoryMmap,
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+) -> u32 {
+    let mut written = 0usize;
+    let mut buf = Vec::new();
+    for desc in chain {
+        if !desc.is_write_only() {
+            crate::warn_limited!("virtio-rng: device-readable descriptor; chain ends here");
+            break;
+        }
+        let len = (desc.len() as usize).min(MAX_CHAIN_BYTES - written);
+        if len == 0 {
+            break;
+        }
+        buf.resize(len, 0);
+        if getrandom(&mut buf).is_err() || mem.write_slice(&buf, desc.addr()).is_err() {
+            crate::warn_limited!("virtio-rng: cannot fill a buffer (bad guest address?)");
+            break;
+        }
+        written += len;
+    }
+    written as u32
+}
+
+/// Serves every available chain. Returns false if the queue is broken (the device stops
+/// using it).
+pub(crate) fn serve(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    index: u16,
+    interrupt: &dyn Interrupt,
+) -> bool {
+    let mut used_any = false;
+    loop {
+        if queue.disable_notification(mem).is_err() {
+            return false;
+        }
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = fill_chain(mem, chain);
+            if queue.add_used(mem, head, len).is_err() {
+                return false;
+            }
+            used_any = true;
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(_) => return false,
+        }
+    }
+    if used_any && queue.needs_notification(mem).unwrap_or(true) {
+        let _ = interrupt.trigger(InterruptKind::Queue(index));
+    }
+    true
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features & self.features();
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<QueueHandle>,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let mut queues = queues;
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
+        }
+        let QueueHandle {
+            index,
+            mut queue,
+            kick,
+        } = queues.remove(0);
+        let mut broken = false;
+        let worker = Worker::spawn(format!("{}-rng", self.id), vec![kick], vec![], move |ev| {
+            if broken || !matches!(ev, WorkerEvent::Kick(_)) {
+                return;
+            }
+            if !serve(&mem, &mut queue, index, interrupt.as_ref()) {
+                crate::warn_limited!("virtio-rng: queue is broken; the device stops serving it");
+                broken = true;
+            }
+        })
+        .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        self.acked = 0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use virtio_queue::desc::split::VirtqUsedElem;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    const F_WRITE: u16 = 2;
+
+    #[derive(Default)]
+    struct Irqs(Mutex<Vec<InterruptKind>>);
+    impl Interrupt for Irqs {
+        fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(kind);
+            Ok(())
+        }
+    }
+
+    fn run(descs: &[RawDescriptor]) -> (u32, Vec<InterruptKind>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        vq.add_desc_chains(descs, 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let irqs = Irqs::default();
+        assert!(serve(&mem, &mut q, 0, &irqs));
+        let used: VirtqUsedElem = vq.used().ring().ref_at(0).unwrap().load();
+        (used.len(), irqs.0.into_inner().unwrap())
+    }
+
+    fn d(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    #[test]
+    fn fills_writable_buffers() {
+        let (len, irqs) = run(&[d(0x8000, 512, F_WRITE)]);
+        assert_eq!(len, 512);
+        assert_eq!(irqs, [InterruptKind::Queue(0)]);
+    }
+
+    #[test]
+    fn readable_or_out_of_memory_buffers_complete_empty() {
+        assert_eq!(run(&[d(0x8000, 512, 0)]).0, 0);
+        assert_eq!(run(&[d(0xfff_0000, 512, F_WRITE)]).0, 0);
+        assert_eq!(run(&[d(0xf_ff00, 0x1000, F_WRITE)]).0, 0);
+        assert_eq!(run(&[d(0x8000, u32::MAX, F_WRITE)]).0, 64 << 10);
+    }
+}

@@ -1,0 +1,6 @@
+//! virtio-rng (entropy device, type 4): fills the guest's buffers from the host's
+//! `getrandom(2)`.
+
+mod device;
+
+pub use device::Rng;

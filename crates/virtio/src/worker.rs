@@ -1,0 +1,140 @@
+//! The thread a device serves its queues on: it waits (epoll) for queue kicks and for any
+//! extra file descriptors the device watches (timers, sockets), and calls the device's
+//! handler for each, until it is stopped.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// What woke the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// Kick eventfd `i` (already drained by the worker).
+    Kick(usize),
+    /// Extra fd `i` is readable; the handler must consume what made it so.
+    Fd(usize),
+}
+
+/// A running worker thread; dropping it (or [`Worker::stop`]) stops and joins it.
+#[derive(Debug)]
+pub struct Worker {
+    stop: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+const STOP_TOKEN: u64 = u64::MAX;
+const FD_TOKEN_BASE: u64 = 1 << 32;
+
+impl Worker {
+    /// Spawns thread `name` watching `kicks` and `extra`, calling `handler` for each event.
+    /// The handler runs once with `Kick(i)` for every kick at start, so buffers the driver
+    /// queued before activation are served.
+    pub fn spawn<F>(
+        name: String,
+        kicks: Vec<EventFd>,
+        extra: Vec<RawFd>,
+        mut handler: F,
+    ) -> std::io::Result<Self>
+    where
+        F: FnMut(WorkerEvent) + Send + 'static,
+    {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        let add = |fd: RawFd, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(stop.as_raw_fd(), STOP_TOKEN)?;
+        for (i, k) in kicks.iter().enumerate() {
+            add(k.as_raw_fd(), i as u64)?;
+        }
+        for (i, fd) in extra.iter().enumerate() {
+            add(*fd, FD_TOKEN_BASE + i as u64)?;
+        }
+        let stop_clone = stop.try_clone()?;
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            let _stop = stop_clone;
+            for i in 0..kicks.len() {
+                handler(WorkerEvent::Kick(i));
+            }
+            let mut events = vec![EpollEvent::default(); kicks.len() + extra.len() + 1];
+            loop {
+                let n = match epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "device worker epoll failed");
+                        return;
+                    }
+                };
+                for ev in &events[..n] {
+                    match ev.data() {
+                        STOP_TOKEN => return,
+                        t if t >= FD_TOKEN_BASE => {
+                            handler(WorkerEvent::Fd((t - FD_TOKEN_BASE) as usize))
+                        }
+                        t => {
+                            if let Some(k) = kicks.get(t as usize) {
+                                let _ = k.read();
+                            }
+                            handler(WorkerEvent::Kick(t as usize));
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(Worker {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn kicks_reach_the_handler_and_stop_joins() {
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let w = Worker::spawn(
+            "t".into(),
+            vec![kick.try_clone().unwrap()],
+            vec![],
+            move |e| {
+                let _ = tx.send(e);
+            },
+        )
+        .unwrap();
+        let t = std::time::Duration::from_secs(5);
+        assert_eq!(rx.recv_timeout(t), Ok(WorkerEvent::Kick(0)));
+        kick.write(1).unwrap();
+        assert_eq!(rx.recv_timeout(t), Ok(WorkerEvent::Kick(0)));
+        w.stop();
+    }
+}

@@ -29,6 +29,7 @@ pub struct MemEntry {
     pub kind: u32,
 }
 
+/// At most this many memory-map entries are read (kapsel writes five).
 pub const MAX_MAP: usize = 128;
 pub const MAX_CMDLINE: usize = 2048;
 
@@ -50,133 +51,138 @@ const BP_CMD_LINE_PTR: u64 = 0x228;
 const BP_E820_TABLE: u64 = 0x2d0;
 const E820_ENTRY_SIZE: u64 = 20;
 
-pub struct BootInfo {
+/// The boot structure, read in place: nothing is copied (on kvm_pvm every guest
+/// instruction is emulated, so copying kilobytes at boot costs milliseconds).
+pub struct BootInfo<'m> {
+    mem: &'m dyn Mem,
     pub entry: Entry,
     pub info_addr: u64,
     pub rsdp: u64,
-    pub map: [MemEntry; MAX_MAP],
-    pub map_len: usize,
-    /// Entries the VMM declared; more than `MAX_MAP` are counted but not stored.
-    pub map_declared: u64,
     pub cmdline_addr: u64,
-    cmdline: [u8; MAX_CMDLINE],
-    cmdline_len: usize,
+    cmdline: &'m [u8],
+    map_addr: u64,
+    map_stride: u64,
+    /// Entries the VMM declared; more than `MAX_MAP` are counted but not read.
+    pub map_declared: u64,
     /// Set when the boot structure itself is unusable (bad magic, unreadable pointer).
     pub error: Option<&'static str>,
 }
 
-impl BootInfo {
-    fn empty(entry: Entry, info_addr: u64) -> Self {
-        Self {
-            entry,
-            info_addr,
-            rsdp: 0,
-            map: [MemEntry::default(); MAX_MAP],
-            map_len: 0,
-            map_declared: 0,
-            cmdline_addr: 0,
-            cmdline: [0; MAX_CMDLINE],
-            cmdline_len: 0,
-            error: None,
-        }
-    }
-
+impl<'m> BootInfo<'m> {
     /// Reads the boot structure at `info` for this entry path. Never fails: problems are
     /// recorded in `error` so the guest can still report them.
-    pub fn parse(m: &dyn Mem, entry: Entry, info: u64) -> Self {
-        let mut b = Self::empty(entry, info);
-        let r = match entry {
-            Entry::Pvh => b.parse_pvh(m),
-            Entry::Elf64 => b.parse_boot_params(m),
+    pub fn parse(mem: &'m dyn Mem, entry: Entry, info: u64) -> Self {
+        let mut b = Self {
+            mem,
+            entry,
+            info_addr: info,
+            rsdp: 0,
+            cmdline_addr: 0,
+            cmdline: &[],
+            map_addr: 0,
+            map_stride: 0,
+            map_declared: 0,
+            error: None,
         };
-        if let Err(e) = r {
+        let r = match entry {
+            Entry::Pvh => b.parse_pvh(),
+            Entry::Elf64 => b.parse_boot_params(),
+        };
+        if let Err(e) = r.and_then(|()| b.check_map_readable()) {
             b.error = Some(e);
         }
         b
     }
 
-    pub fn cmdline(&self) -> &[u8] {
-        &self.cmdline[..self.cmdline_len]
+    pub fn cmdline(&self) -> &'m [u8] {
+        self.cmdline
     }
 
-    pub fn map(&self) -> &[MemEntry] {
-        &self.map[..self.map_len]
+    /// Number of memory-map entries that can be read (declared, capped at `MAX_MAP`).
+    pub fn map_len(&self) -> usize {
+        self.map_declared.min(MAX_MAP as u64) as usize
     }
 
-    fn parse_pvh(&mut self, m: &dyn Mem) -> Result<(), &'static str> {
-        let i = self.info_addr;
+    /// Memory-map entry `i` (both formats start with addr, size, type).
+    pub fn map_entry(&self, i: usize) -> Option<MemEntry> {
+        if i >= self.map_len() {
+            return None;
+        }
+        let e = self.map_addr.checked_add(i as u64 * self.map_stride)?;
+        Some(MemEntry {
+            addr: self.mem.u64(e)?,
+            size: self.mem.u64(e + 8)?,
+            kind: self.mem.u32(e + 16)?,
+        })
+    }
+
+    /// The readable memory-map entries, in order.
+    pub fn map(&self) -> impl Iterator<Item = MemEntry> + '_ {
+        (0..self.map_len()).map_while(|i| self.map_entry(i))
+    }
+
+    fn check_map_readable(&self) -> Result<(), &'static str> {
+        if self.map().count() == self.map_len() {
+            Ok(())
+        } else {
+            Err("memory map entry unreadable")
+        }
+    }
+
+    fn parse_pvh(&mut self) -> Result<(), &'static str> {
+        let (m, i) = (self.mem, self.info_addr);
         if m.u32(i) != Some(PVH_MAGIC) {
             return Err("hvm_start_info magic is not 0x336ec578");
         }
         let version = m.u32(i + PVH_VERSION).ok_or("hvm_start_info unreadable")?;
         self.cmdline_addr = m.u64(i + PVH_CMDLINE).ok_or("hvm_start_info unreadable")?;
         self.rsdp = m.u64(i + PVH_RSDP).ok_or("hvm_start_info unreadable")?;
-        self.read_cmdline(m)?;
+        self.read_cmdline()?;
         if version < 1 {
             return Err("hvm_start_info version 0 has no memory map");
         }
-        let map = m.u64(i + PVH_MEMMAP).ok_or("hvm_start_info unreadable")?;
+        self.map_addr = m.u64(i + PVH_MEMMAP).ok_or("hvm_start_info unreadable")?;
+        self.map_stride = PVH_ENTRY_SIZE;
         let n = m
             .u32(i + PVH_MEMMAP_ENTRIES)
             .ok_or("hvm_start_info unreadable")?;
         self.map_declared = u64::from(n);
-        for k in 0..u64::from(n).min(MAX_MAP as u64) {
-            let e = map + k * PVH_ENTRY_SIZE;
-            let entry = MemEntry {
-                addr: m.u64(e).ok_or("memmap entry unreadable")?,
-                size: m.u64(e + 8).ok_or("memmap entry unreadable")?,
-                kind: m.u32(e + 16).ok_or("memmap entry unreadable")?,
-            };
-            self.push(entry);
-        }
         Ok(())
     }
 
-    fn parse_boot_params(&mut self, m: &dyn Mem) -> Result<(), &'static str> {
-        let z = self.info_addr;
+    fn parse_boot_params(&mut self) -> Result<(), &'static str> {
+        let (m, z) = (self.mem, self.info_addr);
         let lo = m.u32(z + BP_CMD_LINE_PTR).ok_or("boot_params unreadable")?;
         let hi = m
             .u32(z + BP_EXT_CMD_LINE_PTR)
             .ok_or("boot_params unreadable")?;
         self.cmdline_addr = (u64::from(hi) << 32) | u64::from(lo);
         self.rsdp = m.u64(z + BP_ACPI_RSDP).ok_or("boot_params unreadable")?;
-        self.read_cmdline(m)?;
+        self.read_cmdline()?;
+        self.map_addr = z + BP_E820_TABLE;
+        self.map_stride = E820_ENTRY_SIZE;
         let n = m.u8(z + BP_E820_ENTRIES).ok_or("boot_params unreadable")?;
         self.map_declared = u64::from(n);
-        for k in 0..u64::from(n).min(MAX_MAP as u64) {
-            let e = z + BP_E820_TABLE + k * E820_ENTRY_SIZE;
-            let entry = MemEntry {
-                addr: m.u64(e).ok_or("e820 entry unreadable")?,
-                size: m.u64(e + 8).ok_or("e820 entry unreadable")?,
-                kind: m.u32(e + 16).ok_or("e820 entry unreadable")?,
-            };
-            self.push(entry);
-        }
         Ok(())
     }
 
-    fn push(&mut self, e: MemEntry) {
-        if self.map_len < MAX_MAP {
-            self.map[self.map_len] = e;
-            self.map_len += 1;
-        }
-    }
-
-    /// Copies the NUL-terminated command line (an address of 0 means none).
-    fn read_cmdline(&mut self, m: &dyn Mem) -> Result<(), &'static str> {
+    /// Finds the NUL-terminated command line (an address of 0 means none), in place.
+    fn read_cmdline(&mut self) -> Result<(), &'static str> {
         if self.cmdline_addr == 0 {
             return Ok(());
         }
-        for k in 0..MAX_CMDLINE {
-            let c = m
-                .u8(self.cmdline_addr + k as u64)
-                .ok_or("command line unreadable")?;
-            if c == 0 {
-                break;
+        let mut len = 0;
+        while len < MAX_CMDLINE {
+            match self.mem.u8(self.cmdline_addr + len as u64) {
+                Some(0) => break,
+                Some(_) => len += 1,
+                None => return Err("command line unreadable"),
             }
-            self.cmdline[k] = c;
-            self.cmdline_len = k + 1;
         }
+        self.cmdline = self
+            .mem
+            .bytes(self.cmdline_addr, len)
+            .ok_or("command line unreadable")?;
         Ok(())
     }
 }
@@ -210,9 +216,9 @@ mod tests {
         assert_eq!(b.error, None);
         assert_eq!(b.cmdline(), b"test=acpi quiet");
         assert_eq!(b.rsdp, 0xe0000);
-        assert_eq!(b.map().len(), 2);
+        assert_eq!(b.map().count(), 2);
         assert_eq!(
-            b.map()[1],
+            b.map().nth(1).expect("two entries"),
             MemEntry {
                 addr: 0x100000,
                 size: 0x3f00000,
@@ -231,6 +237,17 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_memory_map_is_an_error() {
+        let mut m = VecMem::new(0x1000, 0x100);
+        m.write(0x1000, &PVH_MAGIC.to_le_bytes());
+        m.write(0x1004, &1u32.to_le_bytes());
+        m.write(0x1000 + 40, &0xdead_0000u64.to_le_bytes());
+        m.write(0x1000 + 48, &3u32.to_le_bytes());
+        let b = BootInfo::parse(&m, Entry::Pvh, 0x1000);
+        assert_eq!(b.error, Some("memory map entry unreadable"));
+    }
+
+    #[test]
     fn parses_boot_params_e820() {
         let mut m = VecMem::new(0x7000, 0x20000);
         let z = 0x7000;
@@ -245,8 +262,8 @@ mod tests {
         assert_eq!(b.error, None);
         assert_eq!(b.cmdline(), b"test=hello");
         assert_eq!(
-            b.map(),
-            &[MemEntry {
+            b.map().collect::<Vec<_>>(),
+            [MemEntry {
                 addr: 0,
                 size: 0x9fc00,
                 kind: 1

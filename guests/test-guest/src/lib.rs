@@ -28,7 +28,8 @@ use out::con;
 #[no_mangle]
 pub extern "C" fn guest_entry(info: u64, kind: u32) -> ! {
     let entry = if kind == 1 { Entry::Pvh } else { Entry::Elf64 };
-    let boot = BootInfo::parse(&PhysMem, entry, info);
+    static PHYS: PhysMem = PhysMem;
+    let boot = BootInfo::parse(&PHYS, entry, info);
     let test = cmdline::test_name(boot.cmdline());
     trap::set_current_test(test);
     trap::install_idt();

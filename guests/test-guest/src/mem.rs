@@ -9,6 +9,9 @@ pub trait Mem {
     /// Fills `buf` from `addr`; false if the range is not readable.
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
 
+    /// `len` bytes at `addr`, borrowed in place (no copy).
+    fn bytes(&self, addr: u64, len: usize) -> Option<&[u8]>;
+
     fn u8(&self, addr: u64) -> Option<u8> {
         let mut b = [0u8; 1];
         self.read(addr, &mut b).then_some(b[0])
@@ -52,12 +55,26 @@ pub struct PhysMem;
 /// Both entry paths identity-map [0, 4 GiB).
 const MAPPED_END: u64 = 1 << 32;
 
+/// True if [addr, addr + len) lies inside the identity-mapped [1, 4 GiB).
+fn mapped(addr: u64, len: usize) -> bool {
+    addr != 0
+        && addr
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= MAPPED_END)
+}
+
 impl Mem for PhysMem {
+    fn bytes(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        if !mapped(addr, len) {
+            return None;
+        }
+        // SAFETY: the range is identity-mapped, non-null RAM the VMM wrote before boot
+        // (boot info, command line); the guest never writes it, so the shared borrow holds.
+        Some(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
+    }
+
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        let Some(end) = addr.checked_add(buf.len() as u64) else {
-            return false;
-        };
-        if addr == 0 || end > MAPPED_END {
+        if !mapped(addr, buf.len()) {
             return false;
         }
         for (i, b) in buf.iter_mut().enumerate() {
@@ -100,6 +117,11 @@ impl VecMem {
 
 #[cfg(test)]
 impl Mem for VecMem {
+    fn bytes(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let off = addr.checked_sub(self.base)? as usize;
+        self.bytes.get(off..off.checked_add(len)?)
+    }
+
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
         let Some(off) = addr.checked_sub(self.base) else {
             return false;

@@ -2,13 +2,16 @@
 
 mod acpi;
 mod bootinfo;
+mod count;
 mod cpuid;
 mod hello;
+mod idle;
 mod interrupts;
 mod mptable;
 mod pio;
 mod power;
 mod rtc;
+mod spin;
 
 pub use bootinfo::check_map;
 
@@ -20,6 +23,9 @@ pub type Outcome = Result<(), &'static str>;
 pub fn run(test: &[u8], boot: &BootInfo) -> Outcome {
     match test {
         b"hello" => hello::run(),
+        b"idle" => idle::run(),
+        b"spin" => spin::run(),
+        b"count" => count::run(),
         b"bootinfo" => bootinfo::run(boot),
         b"mptable" => mptable::run(),
         b"acpi" => acpi::run(boot),

@@ -1,6 +1,7 @@
 # 64-bit Linux boot protocol entry (ELF without the PVH note): long mode with the VMM's
 # identity page tables, CS=0x08, rsi = boot_params ("zero page"). Enables SSE, loads our own
 # GDT and stack (the VMM's stack at 0x8ff0 is tiny) and calls guest_entry(boot_params, 2).
+# .bss is not cleared: the VMM hands over zeroed RAM (see pvh.S for why that matters).
 
 .section .text.entry, "ax"
 .code64
@@ -9,12 +10,6 @@ _start:
     cli
     cld
     mov %rsi, %r12
-
-    mov $__bss_start, %rdi
-    mov $__bss_end, %rcx
-    sub %rdi, %rcx
-    xor %eax, %eax
-    rep stosb
 
     mov %cr4, %rax
     or $0x600, %rax         # OSFXSR | OSXMMEXCPT

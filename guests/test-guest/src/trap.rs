@@ -90,12 +90,17 @@ fn stub_vector(i: usize) -> usize {
     }
 }
 
-/// Fills and loads the IDT: interrupt gates on code selector 0x08 for every stub.
-pub fn install_idt() {
+/// Exception vectors, installed at boot by [`install_idt`].
+const EXCEPTIONS: core::ops::Range<usize> = 0..32;
+/// Interrupt vectors (stub indexes), installed by [`install_irq_vectors`].
+const IRQS: core::ops::Range<usize> = 32..STUB_COUNT;
+
+/// Writes the interrupt gates for these stub indexes (code selector 0x08).
+fn fill_gates(stubs: core::ops::Range<usize>) {
     let idt = core::ptr::addr_of_mut!(IDT);
-    for i in 0..STUB_COUNT {
+    for i in stubs {
         // SAFETY: `trap_stub_table` is a read-only table of STUB_COUNT addresses in
-        // asm/common.S, linked into every guest binary.
+        // asm/common.S, linked into every guest binary; i < STUB_COUNT.
         let handler = unsafe {
             core::ptr::addr_of!(trap_stub_table)
                 .cast::<u64>()
@@ -108,21 +113,34 @@ pub fn install_idt() {
             | (0x8e00 << 32) // present, DPL 0, 64-bit interrupt gate
             | ((handler >> 16) & 0xffff) << 48;
         let high = handler >> 32;
-        // SAFETY: single vCPU, interrupts are off and the IDT is not loaded yet (or is
-        // being rewritten with identical contents); v < 256 so 2*v+1 < 512.
+        // SAFETY: single vCPU with interrupts off; v < 256 so 2*v+1 < 512, and the CPU
+        // reads a gate only when delivering that vector, which cannot happen mid-write.
         unsafe {
             (*idt).0[2 * v] = low;
             (*idt).0[2 * v + 1] = high;
         }
     }
+}
+
+/// Installs the exception gates and loads the IDT. Interrupt gates stay not-present
+/// until [`install_irq_vectors`]: every gate costs guest instructions at boot, and on
+/// kvm_pvm each one is emulated.
+pub fn install_idt() {
+    fill_gates(EXCEPTIONS);
+    let idt = core::ptr::addr_of_mut!(IDT);
     let ptr = DescriptorPtr {
         limit: (512 * 8 - 1) as u16,
         base: idt as u64,
     };
-    // SAFETY: `ptr` describes the static IDT filled above, which lives forever.
+    // SAFETY: `ptr` describes the static IDT, which lives forever.
     unsafe {
         core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags))
     }
+}
+
+/// Installs the gates for the PIC, IOAPIC, LAPIC timer and spurious vectors.
+pub fn install_irq_vectors() {
+    fill_gates(IRQS);
 }
 
 /// Loads an empty IDT: the next exception escalates to a triple fault.

@@ -98,6 +98,7 @@ fn wait_until(done: impl Fn(u32, u32) -> bool) {
 }
 
 pub fn run() -> Outcome {
+    crate::trap::install_irq_vectors();
     let apic_base_msr = io::rdmsr(IA32_APIC_BASE);
     fact("apic_base_msr").hex(apic_base_msr).nl();
     if apic_base_msr & (1 << 11) == 0 {

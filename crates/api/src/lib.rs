@@ -4,6 +4,7 @@
 //! - [`vm`]: the per-VM control API served by each VMM process on its `--api-socket`.
 //! - `daemon`: the host daemon's API (instances, images, networks, events).
 
+pub mod daemon;
 pub mod vm;
 
 use serde::{Deserialize, Serialize};

@@ -1,9 +1,18 @@
 //! The host side of the serial console: guest output to stdout, stdin to the guest, raw
 //! terminal mode when stdin is a terminal, and the `Ctrl-A x` escape that stops the VM.
+//!
+//! With `--console socket:PATH` ([`use_socket`]) the console is a UNIX socket instead, so it
+//! outlives whoever started the VMM: one client at a time reads output and writes input, a
+//! bounded ring of recent output is replayed to each new client, and detaching (closing the
+//! connection) leaves the VM running. Escapes are the client's business in that mode.
 
-use std::io;
-use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use devices::SerialDevice;
@@ -15,6 +24,10 @@ pub struct RawStdout;
 
 impl io::Write for RawStdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(hub) = HUB.get() {
+            hub.output(buf);
+            return Ok(buf.len());
+        }
         loop {
             // SAFETY: writes from a valid, live buffer of `buf.len()` bytes to fd 1.
             let n = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
@@ -106,12 +119,16 @@ impl EscapeFilter {
 }
 
 /// Feeds stdin into the serial device until EOF. With `escape` set (a terminal), `Ctrl-A x`
-/// writes `stop_evt`.
+/// writes `stop_evt`. With a console socket configured ([`use_socket`]), serves the socket
+/// instead and leaves stdin alone.
 pub fn spawn_stdin_reader(
     serial: Arc<Mutex<SerialDevice>>,
     escape: bool,
     stop_evt: EventFd,
 ) -> io::Result<()> {
+    if let Some(path) = SOCKET_PATH.get() {
+        return serve_socket(path, serial);
+    }
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || stdin_loop(&serial, escape, &stop_evt))?;
@@ -161,9 +178,191 @@ fn feed(serial: &Mutex<SerialDevice>, mut bytes: &[u8]) {
     }
 }
 
+/// Bytes of recent output replayed to a client that attaches.
+const RING_BYTES: usize = 64 * 1024;
+
+static SOCKET_PATH: OnceLock<PathBuf> = OnceLock::new();
+static HUB: OnceLock<Arc<Hub>> = OnceLock::new();
+
+/// Serves the console on a UNIX socket at `path` instead of stdin/stdout. Call once, before
+/// the VM runs; the socket appears once the VM is built.
+pub fn use_socket(path: PathBuf) {
+    let _ = SOCKET_PATH.set(path);
+}
+
+/// Removes the console socket (at VMM exit).
+pub fn remove_socket() {
+    if let Some(path) = SOCKET_PATH.get() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Recent output plus the attached client, under one lock so a new client gets the replay
+/// and then every later byte, with no gap and no repeat.
+#[derive(Debug, Default)]
+struct HubState {
+    ring: VecDeque<u8>,
+    client: Option<(u64, UnixStream)>,
+}
+
+#[derive(Debug, Default)]
+struct Hub {
+    state: Mutex<HubState>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Guest output: into the ring, and to the client without ever blocking the vCPU (a
+    /// client that does not keep up misses bytes; they stay in the ring).
+    fn output(&self, buf: &[u8]) {
+        let mut st = self.lock();
+        push_ring(&mut st.ring, buf);
+        let failed = match &st.client {
+            Some((_, stream)) => send_nonblocking(stream, buf).is_err(),
+            None => false,
+        };
+        if failed {
+            st.client = None;
+        }
+    }
+}
+
+fn push_ring(ring: &mut VecDeque<u8>, buf: &[u8]) {
+    let buf = &buf[buf.len().saturating_sub(RING_BYTES)..];
+    let excess = (ring.len() + buf.len()).saturating_sub(RING_BYTES);
+    ring.drain(..excess);
+    ring.extend(buf);
+}
+
+/// One `send` with MSG_DONTWAIT; a full socket buffer drops the rest, a dead peer errors.
+fn send_nonblocking(stream: &UnixStream, buf: &[u8]) -> io::Result<()> {
+    // SAFETY: sends from a valid buffer of `buf.len()` bytes on a socket we own.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn serve_socket(path: &Path, serial: Arc<Mutex<SerialDevice>>) -> io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let hub = HUB.get_or_init(|| Arc::new(Hub::default())).clone();
+    std::thread::Builder::new()
+        .name("console-sock".into())
+        .spawn(move || accept_loop(&listener, &hub, &serial))?;
+    Ok(())
+}
+
+fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, serial: &Arc<Mutex<SerialDevice>>) {
+    let mut next_id = 0u64;
+    for conn in listener.incoming() {
+        let Ok(mut stream) = conn else {
+            continue;
+        };
+        let Ok(reader) = stream.try_clone() else {
+            continue;
+        };
+        {
+            let mut st = hub.lock();
+            if st.client.is_some() {
+                let _ = stream.write_all(b"kapsel: console busy: another client is attached\r\n");
+                continue;
+            }
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let (a, b) = st.ring.as_slices();
+            if stream
+                .write_all(a)
+                .and_then(|()| stream.write_all(b))
+                .is_err()
+            {
+                continue;
+            }
+            next_id += 1;
+            st.client = Some((next_id, stream));
+        }
+        let (hub2, serial, id) = (hub.clone(), serial.clone(), next_id);
+        let spawned = std::thread::Builder::new()
+            .name("console-client".into())
+            .spawn(move || client_loop(reader, &hub2, &serial, id));
+        if spawned.is_err() {
+            hub.lock().client = None;
+        }
+    }
+}
+
+/// Feeds one client's input to the guest until it detaches.
+fn client_loop(mut reader: UnixStream, hub: &Hub, serial: &Mutex<SerialDevice>, id: u64) {
+    let mut buf = [0u8; 256];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => feed(serial, &buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let mut st = hub.lock();
+    if st.client.as_ref().is_some_and(|(c, _)| *c == id) {
+        st.client = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_keeps_the_newest_bytes() {
+        let mut r = VecDeque::new();
+        push_ring(&mut r, &[1u8; RING_BYTES - 2]);
+        push_ring(&mut r, &[2, 3, 4, 5]);
+        assert_eq!(r.len(), RING_BYTES);
+        assert_eq!(
+            r.iter().rev().take(4).copied().collect::<Vec<_>>(),
+            [5, 4, 3, 2]
+        );
+        push_ring(&mut r, &vec![9u8; RING_BYTES * 2]);
+        assert!(r.iter().all(|&b| b == 9));
+    }
+
+    #[test]
+    fn hub_replays_then_streams_and_drops_dead_clients() {
+        let hub = Hub::default();
+        hub.output(b"early ");
+        let (a, mut b) = UnixStream::pair().unwrap();
+        {
+            let mut st = hub.lock();
+            let (x, y) = st.ring.as_slices();
+            let mut replay = x.to_vec();
+            replay.extend_from_slice(y);
+            (&a).write_all(&replay).unwrap();
+            st.client = Some((1, a));
+        }
+        hub.output(b"late");
+        let mut got = [0u8; 10];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"early late");
+        drop(b);
+        hub.output(b"x");
+        hub.output(b"y");
+        assert!(hub.lock().client.is_none());
+    }
 
     #[test]
     fn escape_x_stops_and_keeps_preceding_bytes() {

@@ -6,13 +6,11 @@ mod count;
 mod cpuid;
 mod hello;
 mod idle;
-mod idle;
 mod interrupts;
 mod mptable;
 mod pio;
 mod power;
 mod rtc;
-mod spin;
 mod spin;
 
 pub use bootinfo::check_map;
@@ -25,8 +23,6 @@ pub type Outcome = Result<(), &'static str>;
 pub fn run(test: &[u8], boot: &BootInfo) -> Outcome {
     match test {
         b"hello" => hello::run(),
-        b"idle" => idle::run(),
-        b"spin" => spin::run(),
         b"idle" => idle::run(),
         b"spin" => spin::run(),
         b"count" => count::run(),

@@ -1,0 +1,83 @@
+//! `kapsel vm OP --api-socket PATH`: drive a running VMM through its control API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use client::vm::VmClient;
+use client::{ClientError, Endpoint};
+
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// The VMM's API socket (`kapsel run --api-socket`).
+    #[arg(long, global = true)]
+    pub api_socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub op: VmOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmOp {
+    /// Print state, configuration and counters as JSON.
+    Info,
+    /// Pause all vCPUs.
+    Pause,
+    /// Resume paused vCPUs.
+    Resume,
+    /// Ask the guest to shut down (Ctrl-Alt-Del), forcing the stop after the timeout.
+    Shutdown {
+        /// Milliseconds the guest gets before the VM is stopped (0: at once).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Ask the guest to reboot; the VMM ends when the guest resets.
+    Reboot,
+    /// Write a snapshot of the paused VM into a directory.
+    Snapshot {
+        /// Target directory (must not already hold a snapshot).
+        path: PathBuf,
+    },
+    /// Print the VM's metrics in Prometheus text format.
+    Metrics,
+}
+
+/// Prints to stdout, ignoring a closed pipe (e.g. `| head`).
+fn print_text(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    let mut text = serde_json::to_string_pretty(v).unwrap_or_else(|e| e.to_string());
+    text.push('\n');
+    print_text(&text);
+}
+
+fn exec(client: &VmClient, op: VmOp) -> Result<(), ClientError> {
+    match op {
+        VmOp::Info => print_json(&client.info()?),
+        VmOp::Pause => print_json(&client.pause()?),
+        VmOp::Resume => print_json(&client.resume()?),
+        VmOp::Shutdown { timeout_ms } => print_json(&client.shutdown(timeout_ms)?),
+        VmOp::Reboot => print_json(&client.reboot()?),
+        VmOp::Snapshot { path } => print_json(&client.snapshot(&path.display().to_string())?),
+        VmOp::Metrics => print_text(&client.metrics()?),
+    }
+    Ok(())
+}
+
+pub fn run(args: VmArgs) -> ExitCode {
+    let Some(socket) = args.api_socket else {
+        eprintln!("kapsel: --api-socket PATH is required");
+        return ExitCode::from(2);
+    };
+    let client = VmClient::new(Endpoint::new(socket));
+    match exec(&client, args.op) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ClientError::Status { status, message }) => {
+            eprintln!("kapsel: {message}");
+            ExitCode::from(if status < 500 { 6 } else { 7 })
+        }
+        Err(e) => super::fail(&e, 1),
+    }
+}

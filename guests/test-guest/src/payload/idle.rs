@@ -17,6 +17,7 @@ const DIVIDE_128: u32 = 0xa;
 const ONE_SECOND: u32 = 7_812_500;
 
 pub fn run() -> Outcome {
+    crate::trap::install_irq_vectors();
     let base = io::rdmsr(0x1b) & 0xffff_f000;
     LAPIC_BASE.store(base, Ordering::SeqCst);
     mmio_write32(base + SVR, 0x100 | u32::from(SPURIOUS_VECTOR));

@@ -38,7 +38,7 @@ fi
 
 if [ "${KAPSEL_SKIP_LINT:-0}" != 1 ]; then
   step "cargo fmt --check, clippy -D warnings"
-  cargo fmt --all --check || die "cargo fmt: run 'cargo fmt --all'"
+  cargo fmt --all --check || die "cargo fmt --check (run 'cargo fmt --all')"
   cargo clippy --workspace --all-targets --quiet -- -D warnings || die "clippy"
 fi
 
@@ -47,7 +47,7 @@ STATIC_TARGET=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$STATIC_TARGET" \
   -p kapsel --target-dir "$REPO/target/static" || die "static kapsel build"
 export KAPSEL_STATIC_BIN=$REPO/target/static/$STATIC_TARGET/release/kapsel
-file -L "$KAPSEL_STATIC_BIN" | grep -q 'statically linked' || die "$KAPSEL_STATIC_BIN is not static"
+file -L "$KAPSEL_STATIC_BIN" | grep -qE 'statically linked|static-pie linked' || die "$KAPSEL_STATIC_BIN is not static"
 
 step "cargo test --workspace $*"
 KAPSEL_TESTBED_TIMINGS=$(mktemp /tmp/kapsel-testbed-timings.XXXXXX)

@@ -123,8 +123,11 @@ append="console=ttyS0 panic=-1 reboot=t rdinit=/init mitigations=off $EXTRA"
 t0=$EPOCHREALTIME t_init="" t_kvm="" t_done="" rc=""
 out=${LOG:-/dev/null}; : > "$out"
 echo "NESTED: host: $QEMU -M q35 -accel $ACCEL -cpu $CPU -smp $VCPUS -m $MEM (L1 initramfs $(du -h "$WORK/l1-initramfs.cpio" | cut -f1))"
-qemu_stdin=/dev/null; [ "$INTERACTIVE" = 1 ] && qemu_stdin=/dev/stdin
-exec {qfd}< <(timeout -k 10 "$TIMEOUT" "$QEMU" -M q35 -accel "$ACCEL" -cpu "$CPU" -smp "$VCPUS" -m "$MEM" \
+# interactive: QEMU reads this terminal, so it must stay in the foreground process group
+# (plain `timeout` moves it to its own group, where touching the tty stops it with SIGTTOU)
+qemu_stdin=/dev/null tmo=(timeout -k 10)
+[ "$INTERACTIVE" = 1 ] && qemu_stdin=/dev/stdin tmo=(timeout --foreground -k 10)
+exec {qfd}< <("${tmo[@]}" "$TIMEOUT" "$QEMU" -M q35 -accel "$ACCEL" -cpu "$CPU" -smp "$VCPUS" -m "$MEM" \
                -nodefaults -no-user-config -display none -serial stdio -no-reboot -pidfile "$WORK/qemu.pid" \
                -kernel "$KERNEL" -initrd "$WORK/l1-initramfs.cpio" -append "$append" <"$qemu_stdin" 2>&1
              echo "NESTED: qemu exit=$?")

@@ -409,6 +409,12 @@ fn memory_1g_e820() {
 }
 
 #[test]
+fn memory_at_the_3g_boundary_e820() {
+    check_memory(Entry::Elf64, "3G", 3 * GIB);
+    check_memory(Entry::Pvh, "3073M", 3 * GIB + MIB);
+}
+
+#[test]
 fn memory_5g_e820_has_the_pci_hole_both_entries() {
     check_memory(Entry::Pvh, "5G", 5 * GIB);
     check_memory(Entry::Elf64, "5G", 5 * GIB);

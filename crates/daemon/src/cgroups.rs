@@ -1,0 +1,160 @@
+//! Per-guest cgroups through the `sandbox` crate (v1 and v2): the VMM process of each
+//! instance lives in `<root>/<name>` with its CPU weight, CPU cap, cpuset and memory limit.
+
+use api::daemon::InstanceConfig;
+use sandbox::cgroup::{self, CgroupManager, Hierarchies, Resources, Stats};
+
+use crate::error::Result;
+
+/// Extra memory the VMM process may use beyond guest RAM (its own heap, threads, tables).
+pub const VMM_OVERHEAD_MIB: u64 = 128;
+/// CFS period for CPU caps, in µs.
+const PERIOD_US: u64 = 100_000;
+
+/// The cgroups of all guests, under one root group.
+#[derive(Debug)]
+pub struct Cgroups {
+    hier: Option<Hierarchies>,
+    root: String,
+    host_cpus: usize,
+}
+
+impl Cgroups {
+    /// Detects this host's hierarchies; without any, cgroup limits are skipped (logged).
+    pub fn detect(root: &str, host_cpus: usize) -> Self {
+        let hier = Hierarchies::from_host()
+            .ok()
+            .filter(|h| h.preferred().is_some());
+        if hier.is_none() {
+            tracing::warn!("no cgroup hierarchy found: guest resource limits are disabled");
+        }
+        Cgroups {
+            hier,
+            root: root.trim_matches('/').to_string(),
+            host_cpus,
+        }
+    }
+
+    /// `v1`, `v2` or `none`.
+    pub fn version(&self) -> &'static str {
+        match self.hier.as_ref().and_then(|h| h.preferred()) {
+            Some(cgroup::Version::V1) => "v1",
+            Some(cgroup::Version::V2) => "v2",
+            None => "none",
+        }
+    }
+
+    fn manager(&self, name: &str) -> Result<Option<Box<dyn CgroupManager>>> {
+        let Some(hier) = &self.hier else {
+            return Ok(None);
+        };
+        Ok(Some(cgroup::open_with(
+            hier,
+            &format!("{}/{name}", self.root),
+        )?))
+    }
+
+    /// Creates the group, writes its limits and moves `pid` into it.
+    pub fn attach(&self, name: &str, config: &InstanceConfig, pid: i32) -> Result<()> {
+        let Some(m) = self.manager(name)? else {
+            return Ok(());
+        };
+        m.create()?;
+        m.apply(&resources(config, self.host_cpus))?;
+        m.add_task(pid)?;
+        Ok(())
+    }
+
+    /// Rewrites the limits of a running guest's group.
+    pub fn update(&self, name: &str, config: &InstanceConfig) -> Result<()> {
+        if let Some(m) = self.manager(name)? {
+            m.create()?;
+            m.apply(&resources(config, self.host_cpus))?;
+        }
+        Ok(())
+    }
+
+    /// CPU time and memory of the guest's group.
+    pub fn stats(&self, name: &str) -> Option<Stats> {
+        self.manager(name).ok().flatten()?.stats().ok()
+    }
+
+    /// Removes the group (it must be empty); a missing group is fine.
+    pub fn remove(&self, name: &str) {
+        if let Ok(Some(m)) = self.manager(name) {
+            if let Err(e) = m.remove() {
+                tracing::warn!(instance = name, error = %e, "cannot remove cgroup");
+            }
+        }
+    }
+}
+
+/// The cgroup limits for a configuration. Unset values write the defaults, so clearing a
+/// limit with `config set` takes effect on a running guest.
+pub fn resources(c: &InstanceConfig, host_cpus: usize) -> Resources {
+    let weight = u64::from(c.cpu_weight.unwrap_or(100));
+    let quota = c
+        .cpu_cap_percent
+        .map_or(-1, |p| (u64::from(p) * PERIOD_US / 100) as i64);
+    let limit_mib = c
+        .memory_limit_mib
+        .unwrap_or(c.memory_mib + VMM_OVERHEAD_MIB);
+    Resources {
+        cpu_shares: Some(weight_to_shares(weight)),
+        cpu_period: Some(PERIOD_US),
+        cpu_quota: Some(quota),
+        cpuset_cpus: Some(
+            c.cpuset
+                .clone()
+                .unwrap_or_else(|| format!("0-{}", host_cpus.saturating_sub(1))),
+        ),
+        memory_limit: Some((limit_mib << 20) as i64),
+        ..Resources::default()
+    }
+}
+
+/// v2 `cpu.weight` (1..=10000, 100 default) to v1 `cpu.shares` (1024 default).
+pub fn weight_to_shares(weight: u64) -> u64 {
+    (weight * 1024 / 100).clamp(2, 262_144)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> InstanceConfig {
+        InstanceConfig {
+            cpus: 1,
+            memory_mib: 64,
+            cmdline: String::new(),
+            restart: Default::default(),
+            autostart: false,
+            cpu_weight: None,
+            cpu_cap_percent: None,
+            cpuset: None,
+            memory_limit_mib: None,
+            networks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_written_explicitly() {
+        let r = resources(&config(), 2);
+        assert_eq!(r.cpu_shares, Some(1024));
+        assert_eq!(r.cpu_quota, Some(-1));
+        assert_eq!(r.memory_limit, Some((192i64) << 20));
+        assert_eq!(r.cpuset_cpus.as_deref(), Some("0-1"));
+    }
+
+    #[test]
+    fn cap_and_weight() {
+        let mut c = config();
+        c.cpu_cap_percent = Some(50);
+        c.cpu_weight = Some(300);
+        let r = resources(&c, 2);
+        assert_eq!((r.cpu_quota, r.cpu_period), (Some(50_000), Some(100_000)));
+        assert_eq!(r.cpu_shares, Some(3072));
+        assert_eq!(weight_to_shares(1), 10);
+        assert_eq!(weight_to_shares(10_000), 102_400);
+    }
+}

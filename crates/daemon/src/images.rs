@@ -1,0 +1,129 @@
+//! The storage pool: a directory under the state dir. Images are copied in once; an
+//! instance's root disk is a sparse copy of its image's disk (`cp --sparse=always
+//! --reflink=auto`, so copy-on-write filesystems share blocks). qcow2 overlays replace
+//! these copies once kapsel's qcow2 support lands.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use api::daemon::{Image, ImportImage};
+
+use crate::db::now;
+use crate::error::{DaemonError, Result};
+use crate::names::{check_name, MAX_NAME};
+use crate::state::Daemon;
+
+/// Copies `src` to `dst` sparsely (reflink where the filesystem can).
+pub fn sparse_copy(src: &Path, dst: &Path) -> Result<()> {
+    let out = Command::new("cp")
+        .arg("--sparse=always")
+        .arg("--reflink=auto")
+        .arg("--")
+        .arg(src)
+        .arg(dst)
+        .output()
+        .map_err(|e| DaemonError::io("run cp for", dst, e))?;
+    if !out.status.success() {
+        return Err(DaemonError::io(
+            "copy to",
+            dst,
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        ));
+    }
+    Ok(())
+}
+
+fn source(what: &str, path: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(DaemonError::BadRequest(format!(
+            "{what} path {path:?} must be absolute"
+        )));
+    }
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() => Ok(p),
+        _ => Err(DaemonError::BadRequest(format!(
+            "{what} {path:?} is not a readable file"
+        ))),
+    }
+}
+
+/// Imports an image: checks its files and copies them into the pool.
+pub fn import(d: &Daemon, req: &ImportImage) -> Result<Image> {
+    check_name("image", &req.name, MAX_NAME)?;
+    let kernel = source("kernel", &req.kernel)?;
+    let initrd = req
+        .initrd
+        .as_deref()
+        .map(|p| source("initrd", p))
+        .transpose()?;
+    let disk = req.disk.as_deref().map(|p| source("disk", p)).transpose()?;
+    let cmdline = req.cmdline.clone().unwrap_or_default();
+    if cmdline.len() > crate::names::MAX_CMDLINE || cmdline.contains(['\0', '\n']) {
+        return Err(DaemonError::BadRequest(
+            "cmdline must be one short line".into(),
+        ));
+    }
+    if d.db().image(&req.name).is_ok() {
+        return Err(DaemonError::Conflict(format!(
+            "image '{}' already exists",
+            req.name
+        )));
+    }
+    let dir = d.config.image_dir(&req.name);
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.with_extension(format!("importing-{seq}"));
+    std::fs::create_dir_all(&tmp).map_err(|e| DaemonError::io("create", &tmp, e))?;
+    let result = (|| -> Result<Image> {
+        let mut size = 0;
+        let mut copy = |src: &Path, file: &str| -> Result<String> {
+            sparse_copy(src, &tmp.join(file))?;
+            size += std::fs::metadata(src).map(|m| m.len()).unwrap_or(0);
+            Ok(dir.join(file).display().to_string())
+        };
+        let kernel = copy(&kernel, "kernel")?;
+        let initrd = initrd.as_deref().map(|p| copy(p, "initrd")).transpose()?;
+        let disk = disk.as_deref().map(|p| copy(p, "disk.raw")).transpose()?;
+        Ok(Image {
+            name: req.name.clone(),
+            kernel,
+            initrd,
+            disk,
+            cmdline,
+            size_bytes: size,
+            created_at: now(),
+        })
+    })();
+    let image = match result {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if dir.exists() {
+            return Err(DaemonError::Conflict(format!(
+                "image '{}' already exists",
+                req.name
+            )));
+        }
+        return Err(DaemonError::io("rename", &dir, e));
+    }
+    if let Err(e) = d.db().insert_image(&image) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    d.event("image-imported", None, &image.name);
+    Ok(image)
+}
+
+/// Deletes an image no instance uses, with its files.
+pub fn delete(d: &Daemon, name: &str) -> Result<()> {
+    d.db().delete_image(name)?;
+    let _ = std::fs::remove_dir_all(d.config.image_dir(name));
+    d.event("image-deleted", None, name);
+    Ok(())
+}

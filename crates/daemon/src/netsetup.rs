@@ -1,0 +1,249 @@
+//! The host side of a managed network: a Linux bridge with the gateway address, dnsmasq for
+//! DHCP and DNS on it, and an nftables table that masquerades the subnet's traffic leaving
+//! through any other interface. All names start with `kapsel`; nothing else is touched.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use api::daemon::Network;
+
+use crate::error::{DaemonError, Result};
+
+/// An IPv4 gateway address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub gateway: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    /// Parses `A.B.C.D/N` with N in 8..=29.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            DaemonError::BadRequest(format!(
+                "invalid address {s:?}: expected the bridge's IPv4 address with a prefix of 8 to 29, e.g. 10.77.0.1/24"
+            ))
+        };
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let gateway: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if !(8..=29).contains(&prefix) {
+            return Err(bad());
+        }
+        let sn = Subnet { gateway, prefix };
+        let host = u32::from(gateway) & !sn.mask();
+        if host == 0 || host == !sn.mask() {
+            return Err(bad());
+        }
+        Ok(sn)
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - self.prefix)
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.gateway) & self.mask())
+    }
+
+    /// The DHCP pool: from the address after the gateway's /x network start + 10 to the
+    /// last usable address.
+    pub fn dhcp_range(&self) -> (Ipv4Addr, Ipv4Addr) {
+        let net = u32::from(self.network());
+        let last = net | !self.mask();
+        let size = !self.mask();
+        let start = net + if size > 20 { 10 } else { 2 };
+        (Ipv4Addr::from(start), Ipv4Addr::from(last - 1))
+    }
+
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        let p = self.prefix.min(other.prefix);
+        let m = u32::MAX << (32 - p);
+        u32::from(self.gateway) & m == u32::from(other.gateway) & m
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.gateway, self.prefix)
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| DaemonError::Network(format!("cannot run {program}: {e}")))?;
+    if !out.status.success() {
+        return Err(DaemonError::Network(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn net_dir(state: &Path, name: &str) -> PathBuf {
+    state.join("networks").join(name)
+}
+
+fn table(name: &str) -> String {
+    format!("kapsel_{name}").replace('-', "_")
+}
+
+/// True when the bridge exists and is up.
+pub fn is_active(bridge: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{bridge}/operstate"))
+        .is_ok_and(|s| s.trim() != "down")
+        || Path::new(&format!("/sys/class/net/{bridge}")).exists()
+}
+
+/// The nftables ruleset for a network: masquerade and forward for its subnet.
+pub fn nft_rules(net: &Network, subnet: &Subnet) -> String {
+    let t = table(&net.name);
+    let cidr = format!("{}/{}", subnet.network(), subnet.prefix);
+    let br = &net.bridge;
+    let mut rules = format!(
+        "table ip {t} {{\n\
+         \tchain forward {{\n\t\ttype filter hook forward priority 0; policy accept;\n\
+         \t\tiifname \"{br}\" accept\n\
+         \t\toifname \"{br}\" ct state established,related accept\n\t}}\n"
+    );
+    if net.nat {
+        rules.push_str(&format!(
+            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n\
+             \t\tip saddr {cidr} ip daddr != {cidr} masquerade\n\t}}\n"
+        ));
+    }
+    rules.push_str("}\n");
+    rules
+}
+
+/// Creates the bridge, starts dnsmasq and loads the NAT rules (idempotent).
+pub fn activate(state: &Path, net: &Network) -> Result<()> {
+    let subnet = Subnet::parse(&net.address)?;
+    let br = net.bridge.as_str();
+    if !Path::new(&format!("/sys/class/net/{br}")).exists() {
+        run("ip", &["link", "add", br, "type", "bridge"])?;
+    }
+    let addr = subnet.to_string();
+    let _ = Command::new("ip")
+        .args(["addr", "add", &addr, "dev", br])
+        .output();
+    run("ip", &["link", "set", br, "up"])?;
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+
+    let t = table(&net.name);
+    let _ = Command::new("nft")
+        .args(["delete", "table", "ip", &t])
+        .output();
+    let dir = net_dir(state, &net.name);
+    std::fs::create_dir_all(&dir).map_err(|e| DaemonError::io("create", &dir, e))?;
+    let rules_path = dir.join("rules.nft");
+    std::fs::write(&rules_path, nft_rules(net, &subnet))
+        .map_err(|e| DaemonError::io("write", &rules_path, e))?;
+    run("nft", &["-f", &rules_path.display().to_string()])?;
+    start_dnsmasq(&dir, net, &subnet)
+}
+
+fn dnsmasq_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join("dnsmasq.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "dnsmasq").then_some(pid)
+}
+
+fn start_dnsmasq(dir: &Path, net: &Network, subnet: &Subnet) -> Result<()> {
+    if dnsmasq_pid(dir).is_some() {
+        return Ok(());
+    }
+    let (lo, hi) = subnet.dhcp_range();
+    let args = [
+        "--conf-file=/dev/null".to_string(),
+        "--strict-order".into(),
+        "--bind-interfaces".into(),
+        "--except-interface=lo".into(),
+        format!("--interface={}", net.bridge),
+        format!("--listen-address={}", subnet.gateway),
+        format!("--dhcp-range={lo},{hi},1h"),
+        "--dhcp-no-override".into(),
+        "--dhcp-authoritative".into(),
+        format!("--dhcp-leasefile={}", dir.join("leases").display()),
+        format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
+        "--domain=kapsel".into(),
+        "--local=/kapsel/".into(),
+        "--expand-hosts".into(),
+    ];
+    let out = Command::new("dnsmasq")
+        .args(&args)
+        .output()
+        .map_err(|e| DaemonError::Network(format!("cannot run dnsmasq: {e}")))?;
+    if !out.status.success() {
+        return Err(DaemonError::Network(format!(
+            "dnsmasq failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Stops dnsmasq, drops the NAT table and deletes the bridge.
+pub fn deactivate(state: &Path, net: &Network) {
+    let dir = net_dir(state, &net.name);
+    if let Some(pid) = dnsmasq_pid(&dir) {
+        let _ = crate::process::kill(pid, libc::SIGTERM);
+    }
+    let _ = Command::new("nft")
+        .args(["delete", "table", "ip", &table(&net.name)])
+        .output();
+    let _ = Command::new("ip")
+        .args(["link", "del", &net.bridge])
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets() {
+        let s = Subnet::parse("10.77.0.1/24").unwrap();
+        assert_eq!(s.network(), Ipv4Addr::new(10, 77, 0, 0));
+        assert_eq!(
+            s.dhcp_range(),
+            (Ipv4Addr::new(10, 77, 0, 10), Ipv4Addr::new(10, 77, 0, 254))
+        );
+        for bad in [
+            "10.77.0.0/24",
+            "10.77.0.255/24",
+            "10.0.0.1",
+            "x/24",
+            "10.0.0.1/31",
+            "10.0.0.1/4",
+        ] {
+            assert!(Subnet::parse(bad).is_err(), "{bad}");
+        }
+        assert!(s.overlaps(&Subnet::parse("10.77.0.9/16").unwrap()));
+        assert!(!s.overlaps(&Subnet::parse("10.78.0.1/24").unwrap()));
+    }
+
+    #[test]
+    fn rules_name_only_kapsel_objects() {
+        let net = Network {
+            name: "lan-1".into(),
+            bridge: "kapsel-lan-1".into(),
+            address: "10.77.0.1/24".into(),
+            nat: true,
+            active: false,
+        };
+        let r = nft_rules(&net, &Subnet::parse(&net.address).unwrap());
+        assert!(r.starts_with("table ip kapsel_lan_1 {"));
+        assert!(r.contains("ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 masquerade"));
+    }
+}

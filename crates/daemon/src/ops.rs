@@ -1,0 +1,221 @@
+//! The instance operations behind the API: each validates, claims the instance (so a
+//! concurrent conflicting call gets a 409), changes state in one place and emits an event.
+
+use api::daemon::{CreateInstance, Instance, InstanceStatus, InstanceUpdate};
+
+use crate::db::now;
+use crate::error::{DaemonError, Result};
+use crate::images::sparse_copy;
+use crate::lifecycle::{self, StartReason};
+use crate::names::{check_config, check_name, MAX_NAME};
+use crate::state::Daemon;
+
+/// The instance as the API shows it: stored state plus the console of a live VMM.
+pub fn view(d: &Daemon, mut inst: Instance) -> Instance {
+    if d.procs().contains_key(&inst.name) {
+        inst.console = Some(d.config.console_socket(&inst.name).display().to_string());
+    }
+    inst
+}
+
+pub fn get(d: &Daemon, name: &str) -> Result<Instance> {
+    let (inst, _) = d.db().instance(name)?;
+    Ok(view(d, inst))
+}
+
+pub fn list(d: &Daemon) -> Result<Vec<Instance>> {
+    let all = d.db().instances()?;
+    Ok(all.into_iter().map(|(i, _)| view(d, i)).collect())
+}
+
+/// Creates an instance (and starts it when `req.start`).
+pub fn create(d: &Daemon, req: &CreateInstance) -> Result<Instance> {
+    check_name("instance", &req.name, MAX_NAME)?;
+    let config = req.config();
+    check_config(&config, d.host_cpus, d.host_memory_mib)?;
+    let _guard = d.claim(&req.name, "create")?;
+    let image = d.db().image(&req.image).map_err(|e| match e {
+        DaemonError::NotFound { .. } => {
+            DaemonError::BadRequest(format!("image '{}' does not exist", req.image))
+        }
+        e => e,
+    })?;
+    check_networks(d, &config.networks)?;
+    let disk = image
+        .disk
+        .as_ref()
+        .map(|_| d.config.instance_dir(&req.name).join("root.raw"));
+    let inst = Instance {
+        name: req.name.clone(),
+        image: req.image.clone(),
+        status: InstanceStatus::Stopped,
+        config,
+        pid: None,
+        restarts: 0,
+        created_at: now(),
+        last_exit: None,
+        console: None,
+        disk: disk.as_ref().map(|p| p.display().to_string()),
+    };
+    d.db().insert_instance(&inst)?;
+    let prepared = (|| -> Result<()> {
+        let dir = d.config.instance_dir(&req.name);
+        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::io("create", &dir, e))?;
+        if let (Some(src), Some(dst)) = (&image.disk, &disk) {
+            sparse_copy(std::path::Path::new(src), dst)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = prepared {
+        let _ = d.db().delete_instance(&req.name);
+        let _ = std::fs::remove_dir_all(d.config.instance_dir(&req.name));
+        return Err(e);
+    }
+    d.event("instance-created", Some(&req.name), &req.image);
+    if req.start {
+        return lifecycle::start(d, &req.name, StartReason::User).map(|i| view(d, i));
+    }
+    get(d, &req.name)
+}
+
+fn check_networks(d: &Daemon, nets: &[String]) -> Result<()> {
+    if nets.is_empty() {
+        return Ok(());
+    }
+    let known = d.db().networks()?;
+    for n in nets {
+        if !known.iter().any(|k| &k.name == n) {
+            return Err(DaemonError::BadRequest(format!(
+                "network '{n}' does not exist"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn start(d: &Daemon, name: &str) -> Result<Instance> {
+    let _guard = d.claim(name, "start")?;
+    d.db().instance(name)?;
+    // A pending supervised restart is superseded by this explicit start.
+    lifecycle::start(d, name, StartReason::User).map(|i| view(d, i))
+}
+
+pub fn stop(d: &Daemon, name: &str, force: bool) -> Result<Instance> {
+    let _guard = d.claim(name, "stop")?;
+    let (inst, _) = d.db().instance(name)?;
+    if !d.procs().contains_key(name) {
+        if inst.status == InstanceStatus::Starting {
+            // A restart was pending: cancel it.
+            d.db().set_stopped(name, InstanceStatus::Stopped, None)?;
+            return get(d, name);
+        }
+        return Err(DaemonError::Conflict(format!(
+            "instance '{name}' is not running"
+        )));
+    }
+    lifecycle::stop(d, name, force)?;
+    get(d, name)
+}
+
+pub fn restart(d: &Daemon, name: &str) -> Result<Instance> {
+    let _guard = d.claim(name, "restart")?;
+    d.db().instance(name)?;
+    if d.procs().contains_key(name) {
+        lifecycle::stop(d, name, false)?;
+    }
+    lifecycle::start(d, name, StartReason::User).map(|i| view(d, i))
+}
+
+pub fn delete(d: &Daemon, name: &str, force: bool) -> Result<()> {
+    let _guard = d.claim(name, "delete")?;
+    d.db().instance(name)?;
+    if d.procs().contains_key(name) {
+        if !force {
+            return Err(DaemonError::Conflict(format!(
+                "instance '{name}' is running; stop it first or delete with force"
+            )));
+        }
+        lifecycle::stop(d, name, true)?;
+    }
+    d.db().delete_instance(name)?;
+    d.cgroups.remove(name);
+    let _ = std::fs::remove_dir_all(d.config.instance_dir(name));
+    let _ = std::fs::remove_dir_all(d.config.instance_run_dir(name));
+    d.event("instance-deleted", Some(name), "");
+    Ok(())
+}
+
+/// Applies a partial configuration change; limits apply live to a running guest.
+pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> {
+    let _guard = d.claim(name, "config set")?;
+    let (inst, _) = d.db().instance(name)?;
+    let mut c = inst.config.clone();
+    if let Some(v) = upd.cpus {
+        c.cpus = v;
+    }
+    if let Some(v) = upd.memory_mib {
+        c.memory_mib = v;
+    }
+    if let Some(v) = &upd.cmdline {
+        c.cmdline = v.clone();
+    }
+    if let Some(v) = upd.restart {
+        c.restart = v;
+    }
+    if let Some(v) = upd.autostart {
+        c.autostart = v;
+    }
+    if let Some(v) = upd.cpu_weight {
+        c.cpu_weight = (v != 0).then_some(v);
+    }
+    if let Some(v) = upd.cpu_cap_percent {
+        c.cpu_cap_percent = (v != 0).then_some(v);
+    }
+    if let Some(v) = &upd.cpuset {
+        c.cpuset = (!v.is_empty()).then(|| v.clone());
+    }
+    if let Some(v) = upd.memory_limit_mib {
+        c.memory_limit_mib = (v != 0).then_some(v);
+    }
+    check_config(&c, d.host_cpus, d.host_memory_mib)?;
+    if d.procs().contains_key(name) {
+        d.cgroups.update(name, &c)?;
+    }
+    d.db().set_config(name, &c)?;
+    let detail = serde_json::to_string(upd).unwrap_or_default();
+    d.event("instance-updated", Some(name), &detail);
+    get(d, name)
+}
+
+/// Copies a stopped instance's configuration and disk to a new instance (not started).
+pub fn copy(d: &Daemon, name: &str, new_name: &str) -> Result<Instance> {
+    check_name("instance", new_name, MAX_NAME)?;
+    let _guard = d.claim(name, "copy")?;
+    let (src, _) = d.db().instance(name)?;
+    if d.procs().contains_key(name) && src.disk.is_some() {
+        return Err(DaemonError::Conflict(format!(
+            "instance '{name}' is running; stop it before copying its disk"
+        )));
+    }
+    let req = CreateInstance {
+        name: new_name.to_string(),
+        image: src.image.clone(),
+        cpus: src.config.cpus,
+        memory_mib: src.config.memory_mib,
+        cmdline: src.config.cmdline.clone(),
+        restart: src.config.restart,
+        autostart: src.config.autostart,
+        cpu_weight: src.config.cpu_weight,
+        cpu_cap_percent: src.config.cpu_cap_percent,
+        cpuset: src.config.cpuset.clone(),
+        memory_limit_mib: src.config.memory_limit_mib,
+        networks: src.config.networks.clone(),
+        start: false,
+    };
+    let created = create(d, &req)?;
+    if let (Some(from), Some(to)) = (&src.disk, &created.disk) {
+        sparse_copy(std::path::Path::new(from), std::path::Path::new(to))?;
+    }
+    d.event("instance-copied", Some(new_name), name);
+    Ok(created)
+}

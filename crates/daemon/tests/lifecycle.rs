@@ -1,0 +1,249 @@
+//! Instance lifecycle through the daemon with real VMM processes running the test guest:
+//! launch, list, console, stop, start, restart, delete, events, and hostile callers.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use api::daemon::{InstanceStatus, InstanceUpdate, RestartPolicy};
+use client::ClientError;
+use common::{alive, kvm_available, request, running, TestDaemon};
+
+fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> u16 {
+    match r {
+        Err(ClientError::Status { status, .. }) => status,
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// Reads from a console socket until `marker` shows up (or 5 s pass).
+fn console_until(path: &str, marker: &str) -> String {
+    let mut s = UnixStream::connect(path).expect("console connect");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut out = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !out.contains(marker) && std::time::Instant::now() < deadline {
+        if let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    out
+}
+
+#[test]
+fn launch_list_console_stop_start_restart_delete() {
+    if !kvm_available() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let d = TestDaemon::start();
+    let c = d.client();
+    let inst = d.launch("web-1", "idle", RestartPolicy::No);
+    assert_eq!(inst.status, InstanceStatus::Running, "{inst:?}");
+    let pid = inst.pid.expect("pid");
+    assert!(alive(pid));
+
+    let list = c.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].name, "web-1");
+    assert!(running(&list[0]));
+
+    // The console replays earlier output to a late attacher and streams heartbeats.
+    let console = inst.console.clone().expect("console socket");
+    let text = console_until(&console, "heartbeat 2");
+    assert!(text.contains("IDLE-READY"), "{text}");
+    assert!(text.contains("heartbeat 2"), "{text}");
+
+    // The VMM is in its cgroup with the default limits.
+    let procs = std::fs::read_to_string(d.cgroup_dir("cpu", "web-1").join("cgroup.procs"))
+        .unwrap_or_default();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "{procs}"
+    );
+
+    let stopped = c.stop("web-1", false).unwrap();
+    assert_eq!(stopped.status, InstanceStatus::Stopped);
+    assert!(!alive(pid));
+    assert_eq!(status_of(c.stop("web-1", false)), 409);
+
+    let started = c.start("web-1").unwrap();
+    assert!(running(&started));
+    let pid2 = started.pid.unwrap();
+    assert_ne!(pid2, pid);
+    assert_eq!(status_of(c.start("web-1")), 409);
+
+    let restarted = c.restart("web-1").unwrap();
+    assert!(running(&restarted));
+    assert!(!alive(pid2));
+
+    // Live configuration: the cap lands in the cgroup at once.
+    let upd = InstanceUpdate {
+        cpu_cap_percent: Some(30),
+        ..Default::default()
+    };
+    let after = c.update("web-1", &upd).unwrap();
+    assert_eq!(after.config.cpu_cap_percent, Some(30));
+    let quota =
+        std::fs::read_to_string(d.cgroup_dir("cpu", "web-1").join("cpu.cfs_quota_us")).unwrap();
+    assert_eq!(quota.trim(), "30000");
+
+    // Pause needs the VMM API: a clear "not supported" for now.
+    assert_eq!(status_of(c.pause("web-1")), 501);
+
+    assert_eq!(status_of(c.delete("web-1", false)), 409);
+    c.delete("web-1", true).unwrap();
+    assert!(c.list().unwrap().is_empty());
+    assert!(!d.cgroup_dir("cpu", "web-1").exists());
+
+    let mut kinds = Vec::new();
+    c.events(0, false, |e| {
+        if e.instance.as_deref() == Some("web-1") {
+            kinds.push(e.kind);
+        }
+        true
+    })
+    .unwrap();
+    let expected = [
+        "instance-created",
+        "instance-started",
+        "instance-stopped",
+        "instance-started",
+        "instance-stopped",
+        "instance-started",
+        "instance-updated",
+        "instance-stopped",
+        "instance-deleted",
+    ];
+    assert_eq!(kinds, expected);
+}
+
+#[test]
+fn hostile_callers_get_clear_4xx_and_state_stays_consistent() {
+    if !kvm_available() {
+        return;
+    }
+    let d = TestDaemon::start();
+    let c = d.client();
+    for bad in ["", "UPPER", "1abc", "a_b", "../etc", "a b", "x-"] {
+        let mut r = request("ok", "idle", RestartPolicy::No);
+        r.name = bad.into();
+        r.start = false;
+        assert_eq!(status_of(c.create(&r)), 400, "name {bad:?}");
+    }
+    let mut r = request("sizes", "idle", RestartPolicy::No);
+    r.start = false;
+    for (cpus, mem) in [(0u16, 64u64), (9999, 64), (1, u64::MAX), (1, 1)] {
+        r.cpus = cpus;
+        r.memory_mib = mem;
+        assert_eq!(status_of(c.create(&r)), 400, "cpus {cpus} memory {mem}");
+    }
+    let mut r = request("noimg", "idle", RestartPolicy::No);
+    r.image = "nope".into();
+    assert_eq!(status_of(c.create(&r)), 400);
+
+    // Raw bodies: unknown keys, wrong types, garbage, a huge body.
+    let ep = c.endpoint();
+    for body in [
+        &br#"{"name":"a","image":"tg","colour":"red"}"#[..],
+        br#"{"name":"a","image":"tg","cpus":"two"}"#,
+        b"\xff\xfe garbage",
+        br#"[1,2,3]"#,
+    ] {
+        let resp = ep.request_raw("POST", "/v1/instances", body).unwrap();
+        assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(body));
+        let err: api::ErrorBody = serde_json::from_slice(&resp.body).unwrap();
+        assert!(!err.error.contains('\n'));
+    }
+    let huge = vec![b'x'; 2 << 20];
+    let resp = ep.request_raw("POST", "/v1/instances", &huge);
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status, 413);
+    }
+    assert_eq!(
+        ep.request_raw("PUT", "/v1/instances", b"").unwrap().status,
+        405
+    );
+    assert_eq!(
+        ep.request_raw("GET", "/v2/whatever", b"").unwrap().status,
+        404
+    );
+    assert_eq!(
+        ep.request_raw("PATCH", "/v1/instances/none", b"{\"cpus\":2}")
+            .unwrap()
+            .status,
+        404
+    );
+
+    // Duplicate names, also when racing.
+    let mut ok = request("dup", "idle", RestartPolicy::No);
+    ok.start = false;
+    c.create(&ok).unwrap();
+    assert_eq!(status_of(c.create(&ok)), 409);
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let c = d.client();
+            let mut r = request("race", "idle", RestartPolicy::No);
+            r.start = false;
+            std::thread::spawn(move || {
+                c.create(&r).map(|_| 201).unwrap_or_else(|e| match e {
+                    ClientError::Status { status, .. } => status,
+                    e => panic!("{e}"),
+                })
+            })
+        })
+        .collect();
+    let mut codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    codes.sort();
+    assert_eq!(codes[0], 201);
+    assert!(codes[1..].iter().all(|&s| s == 409), "{codes:?}");
+
+    // Conflicting operations on one instance: exactly one start wins.
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let c = d.client();
+            std::thread::spawn(move || {
+                c.start("race").map(|_| 200).unwrap_or_else(|e| match e {
+                    ClientError::Status { status, .. } => status,
+                    e => panic!("{e}"),
+                })
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|&&s| s == 200).count(), 1, "{codes:?}");
+    assert!(codes.iter().all(|&s| s == 200 || s == 409), "{codes:?}");
+
+    // Bad updates are refused and change nothing.
+    let before = c.get("race").unwrap();
+    for upd in [
+        InstanceUpdate {
+            cpu_cap_percent: Some(100_000),
+            ..Default::default()
+        },
+        InstanceUpdate {
+            cpuset: Some("99".into()),
+            ..Default::default()
+        },
+        InstanceUpdate {
+            memory_mib: Some(u64::MAX),
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(status_of(c.update("race", &upd)), 400);
+    }
+    assert_eq!(c.get("race").unwrap().config, before.config);
+
+    let list = c.list().unwrap();
+    let names: Vec<&str> = list.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["dup", "race"]);
+    assert_eq!(c.host().unwrap().running, 1);
+}

@@ -1,0 +1,24 @@
+//! `kapsel copy NAME NEW`: a new stopped instance with the same configuration and a copy of
+//! the disk (a sparse copy until qcow2 overlays make it a linked clone).
+
+use clap::Args;
+
+use super::{Conn, VerbError, VerbResult};
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    pub name: String,
+    pub new_name: String,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+pub fn run(a: CopyArgs) -> VerbResult {
+    let inst = a
+        .conn
+        .client()
+        .copy(&a.name, &a.new_name)
+        .map_err(VerbError::from)?;
+    println!("{} {}", inst.name, inst.status.as_str());
+    Ok(())
+}

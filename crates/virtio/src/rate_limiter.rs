@@ -522,3 +522,22 @@ mod tests {
         assert!(rl.limit().is_unlimited());
     }
 }
+
+/// The virtio-blk seam: a shared [`RateLimiter`] deciding which requests run now. Each request
+/// costs one op and its data length in bytes; a refused request waits for the timer.
+#[derive(Debug, Clone)]
+pub struct BlockGate(pub std::sync::Arc<RateLimiter>);
+
+impl crate::block::worker::RequestGate for BlockGate {
+    fn admit(&mut self, req: &crate::block::request::Request) -> bool {
+        self.0.consume(req.data_len)
+    }
+
+    fn wake_fd(&self) -> Option<RawFd> {
+        Some(self.0.as_raw_fd())
+    }
+
+    fn on_wake(&mut self) {
+        self.0.timer_fired();
+    }
+}

@@ -1,0 +1,158 @@
+//! virtio-net end to end in the nested test bed: an L2 guest on a TAP kapsel creates
+//! (`--net tap=auto,ip=…`) pings L1 and moves 100 MB each way over TCP with busybox `nc`,
+//! checksums compared on both ends; the TAP is gone after kapsel exits; bad `--net`/`--vsock`
+//! options and a TAP that cannot be created end kapsel with one line and exit code 1.
+
+use std::time::Duration;
+use test_infra::scenario::{sh_quote, Boot};
+use test_infra::{TestBed, TestBedRun};
+
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
+const MB: u32 = 100;
+
+fn testbed(name: &str) -> TestBed {
+    TestBed::new(name)
+        .with_kapsel()
+        .guest_file("bzImage", "bzImage")
+        .guest_file("initramfs-busybox.cpio.gz", "initramfs.cpio.gz")
+        .memory("3G")
+        .timeout(Duration::from_secs(1500))
+}
+
+/// The value after `KEY ` on the last line of `text` that has it.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_whitespace().next())
+}
+
+fn print_boots(run: &TestBedRun) {
+    println!("{}", run.result_line().unwrap_or("no NESTED-RESULT"));
+    for b in run.boots() {
+        println!("  {}: rc={:?} {:?}s in L1", b.name, b.rc, b.seconds);
+    }
+}
+
+fn one_line_error(boot: &Boot, needle: &str) {
+    assert_eq!(
+        boot.rc,
+        Some(1),
+        "{}: exit code; console:\n{}",
+        boot.name,
+        boot.console
+    );
+    let lines: Vec<&str> = boot
+        .console
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{}: one line expected:\n{}",
+        boot.name,
+        boot.console
+    );
+    assert!(
+        lines[0].starts_with("kapsel: ") && lines[0].contains(needle),
+        "{}: {:?} lacks {needle:?}",
+        boot.name,
+        lines[0]
+    );
+}
+
+#[test]
+fn testbed_net_ping_and_100mb_each_way_over_tap() {
+    let guest_cmds = format!(
+        "ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; \
+         ping -c 3 -W 5 10.0.2.1 >/dev/null; echo PING-RC=$?; \
+         dd if=/dev/urandom of=/tmp/g2h bs=1M count={MB} 2>/dev/null; \
+         echo G2H-GUEST-MD5 $(md5sum < /tmp/g2h); \
+         t0=$(cut -d. -f1 /proc/uptime); nc 10.0.2.1 5001 < /tmp/g2h; \
+         echo G2H-SECONDS $(( $(cut -d. -f1 /proc/uptime) - t0 )); rm /tmp/g2h; \
+         t0=$(cut -d. -f1 /proc/uptime); nc -l -p 5002 < /dev/null > /tmp/h2g; \
+         echo H2G-SECONDS $(( $(cut -d. -f1 /proc/uptime) - t0 )); \
+         echo H2G-GUEST-MD5 $(md5sum < /tmp/h2g); echo H2G-GUEST-BYTES $(wc -c < /tmp/h2g); \
+         grep -c virtio /proc/interrupts | sed 's/^/VIRTIO-IRQ-LINES /'; \
+         poweroff -f"
+    );
+    let scenario = format!(
+        r#"
+dd if=/dev/urandom of=/tmp/h2g bs=1M count={MB} 2>/dev/null
+echo "H2G-HOST-MD5 $(md5sum < /tmp/h2g)"
+(nc -l -p 5001 < /dev/null > /tmp/g2h; echo "G2H-HOST-MD5 $(md5sum < /tmp/g2h)"; echo "G2H-HOST-BYTES $(wc -c < /tmp/g2h)"; rm -f /tmp/g2h) &
+(i=0; while [ $i -lt 900 ]; do
+   if nc 10.0.2.15 5002 < /tmp/h2g 2>/dev/null; then echo H2G-HOST-SENT; break; fi
+   sleep 1; i=$((i+1)); done) &
+vm_shell net 1200 {cmds} --kernel bzImage --initrd initramfs.cpio.gz --cmdline {cmdline} --cpus 2 --memory 512M --net tap=auto,ip=10.0.2.1/24
+if ip link show kapsel0 >/dev/null 2>&1; then echo TAP-LEFT; else echo TAP-GONE; fi
+vm badtap 60 --kernel bzImage --initrd initramfs.cpio.gz --net tap=lo
+vm badnet 60 --kernel bzImage --initrd initramfs.cpio.gz --net tap=auto,colour=red
+vm nonet 60 --kernel bzImage --initrd initramfs.cpio.gz --net mac=52:54:00:00:00:01
+vm badvsock 60 --kernel bzImage --initrd initramfs.cpio.gz --vsock cid=2,socket=/tmp/v.sock
+wait
+"#,
+        cmds = sh_quote(&guest_cmds),
+        cmdline = sh_quote(CMDLINE),
+    );
+    let run = testbed("net").scenario_with_prelude(&scenario).run();
+    print_boots(&run);
+    let out = &run.output;
+    let net = run.boot("net");
+    let c = &net.console;
+    assert_eq!(net.rc, Some(0), "kapsel exit code; console:\n{c}");
+
+    // the card bound its driver with MSI-X
+    let report = net.report();
+    assert!(
+        report
+            .virtio
+            .iter()
+            .any(|d| d.driver == "virtio_net" && d.device_id.ends_with('1')),
+        "no virtio_net device in {:?}",
+        report.virtio
+    );
+    let msi: u32 = report
+        .get("msi-irqs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(msi >= 2, "MSI-X interrupts in use: {msi}");
+
+    assert_eq!(
+        field(c, "PING-RC="),
+        Some("0"),
+        "guest → L1 ping; console:\n{c}"
+    );
+    let g2h_guest = field(c, "G2H-GUEST-MD5 ").expect("guest checksum of its data");
+    let g2h_host = field(out, "G2H-HOST-MD5 ").expect("L1 checksum of received data");
+    assert_eq!(
+        field(out, "G2H-HOST-BYTES "),
+        Some(format!("{}", MB << 20).as_str())
+    );
+    assert_eq!(g2h_guest, g2h_host, "guest → L1 data intact");
+    let h2g_host = field(out, "H2G-HOST-MD5 ").expect("L1 checksum of its data");
+    let h2g_guest = field(c, "H2G-GUEST-MD5 ").expect("guest checksum of received data");
+    assert_eq!(
+        field(c, "H2G-GUEST-BYTES "),
+        Some(format!("{}", MB << 20).as_str())
+    );
+    assert_eq!(h2g_host, h2g_guest, "L1 → guest data intact");
+    for dir in ["G2H", "H2G"] {
+        if let Some(s) = field(c, &format!("{dir}-SECONDS ")).and_then(|s| s.parse::<f64>().ok()) {
+            println!(
+                "{dir}: {MB} MB in {s} s ({:.1} MB/s)",
+                f64::from(MB) / s.max(1.0)
+            );
+        }
+    }
+    assert!(
+        out.contains("TAP-GONE"),
+        "the TAP kapsel created must be removed"
+    );
+
+    one_line_error(&run.boot("badtap"), "TAP 'lo'");
+    one_line_error(&run.boot("badnet"), "--net: unknown key 'colour'");
+    one_line_error(&run.boot("nonet"), "--net: missing 'tap='");
+    one_line_error(&run.boot("badvsock"), "--vsock: invalid cid");
+}

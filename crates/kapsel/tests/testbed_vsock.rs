@@ -1,0 +1,145 @@
+//! virtio-vsock end to end in the nested test bed: a host → guest connection (through
+//! `CONNECT <port>` on kapsel's UNIX socket) and a guest → host connection (to the UNIX socket
+//! `PATH_<port>`) each carry 10 MB intact.
+//!
+//! The busybox guest has no vsock tool, so `guests/vsock-tool` is built statically and
+//! appended to the shared initramfs as a second concatenated cpio.gz archive; the same binary
+//! is the host side in L1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use test_infra::scenario::sh_quote;
+use test_infra::{repo_root, TestBed};
+
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
+const MB: u32 = 10;
+
+/// Builds the static vsock-tool once (its own cargo workspace).
+fn vsock_tool() -> PathBuf {
+    let root = repo_root();
+    let target_dir = root.join("target/vsock-tool");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root.join("guests/vsock-tool"))
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .expect("run cargo for vsock-tool");
+    assert!(status.success(), "building guests/vsock-tool failed");
+    target_dir.join("x86_64-unknown-linux-gnu/release/vsock-tool")
+}
+
+/// A gzipped newc cpio archive holding `bin/vsock-tool`, to append to an initramfs.
+fn tool_archive(tool: &Path) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kapsel-vsock-cpio-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tree/bin")).expect("mkdir");
+    std::fs::copy(tool, dir.join("tree/bin/vsock-tool")).expect("copy tool");
+    let out = dir.join("vsock-tool.cpio.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find bin | cpio -o -H newc --quiet | gzip -1 > {}",
+            sh_quote(&dir.join("tree").to_string_lossy()),
+            sh_quote(&out.to_string_lossy())
+        ))
+        .status()
+        .expect("run cpio");
+    assert!(status.success(), "cpio failed");
+    out
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_whitespace().next())
+}
+
+#[test]
+fn testbed_vsock_10mb_each_way() {
+    let tool = vsock_tool();
+    let archive = tool_archive(&tool);
+    let guest_cmds = format!(
+        "dd if=/dev/urandom of=/tmp/g2h bs=1M count={MB} 2>/dev/null; \
+         echo G2H-GUEST-MD5 $(md5sum < /tmp/g2h); \
+         vsock-tool connect 2 5000 < /tmp/g2h > /dev/null; echo G2H-RC=$?; \
+         vsock-tool listen 6000 > /tmp/h2g; echo H2G-RC=$?; \
+         echo H2G-GUEST-MD5 $(md5sum < /tmp/h2g); echo H2G-GUEST-BYTES $(wc -c < /tmp/h2g); \
+         poweroff -f"
+    );
+    let scenario = format!(
+        r#"
+cat initramfs.cpio.gz vsock-tool.cpio.gz > initrd-vsock.cpio.gz
+dd if=/dev/urandom of=/tmp/h2g bs=1M count={MB} 2>/dev/null
+echo "H2G-HOST-MD5 $(md5sum < /tmp/h2g)"
+(vsock-tool uds-listen /tmp/v.sock_5000 < /dev/null > /tmp/g2h; echo "G2H-HOST-RC=$?"; echo "G2H-HOST-MD5 $(md5sum < /tmp/g2h)"; echo "G2H-HOST-BYTES $(wc -c < /tmp/g2h)") &
+(i=0; while [ $i -lt 900 ]; do
+   if [ -S /tmp/v.sock ] && vsock-tool uds-connect /tmp/v.sock 6000 < /tmp/h2g > /dev/null 2>/tmp/uds.err; then echo H2G-HOST-SENT; break; fi
+   sleep 1; i=$((i+1)); done; cat /tmp/uds.err) &
+vm_shell vsock 900 {cmds} --kernel bzImage --initrd initrd-vsock.cpio.gz --cmdline {cmdline} --cpus 2 --memory 256M --vsock cid=3,socket=/tmp/v.sock
+[ -e /tmp/v.sock ] && echo SOCKET-LEFT || echo SOCKET-GONE
+kill %1 %2 2>/dev/null
+wait
+"#,
+        cmds = sh_quote(&guest_cmds),
+        cmdline = sh_quote(CMDLINE),
+    );
+    let run = TestBed::new("vsock")
+        .with_kapsel()
+        .binary(&tool)
+        .guest_file("bzImage", "bzImage")
+        .guest_file("initramfs-busybox.cpio.gz", "initramfs.cpio.gz")
+        .file(&archive, "vsock-tool.cpio.gz")
+        .timeout(Duration::from_secs(1200))
+        .scenario_with_prelude(&scenario)
+        .run();
+    println!("{}", run.result_line().unwrap_or("no NESTED-RESULT"));
+    let out = &run.output;
+    let boot = run.boot("vsock");
+    let c = &boot.console;
+    assert_eq!(boot.rc, Some(0), "kapsel exit code; console:\n{c}");
+    let report = boot.report();
+    assert!(
+        report
+            .virtio
+            .iter()
+            .any(|d| d.driver == "vmw_vsock_virtio_transport"),
+        "vsock driver bound: {:?}",
+        report.virtio
+    );
+
+    assert_eq!(
+        field(c, "G2H-RC="),
+        Some("0"),
+        "guest connect; console:\n{c}"
+    );
+    assert_eq!(field(out, "G2H-HOST-RC="), Some("0"));
+    assert_eq!(
+        field(out, "G2H-HOST-BYTES "),
+        Some(format!("{}", MB << 20).as_str())
+    );
+    assert_eq!(
+        field(c, "G2H-GUEST-MD5 "),
+        field(out, "G2H-HOST-MD5 "),
+        "guest → host data intact"
+    );
+
+    assert!(out.contains("H2G-HOST-SENT"), "host connection accepted");
+    assert_eq!(field(c, "H2G-RC="), Some("0"));
+    assert_eq!(
+        field(c, "H2G-GUEST-BYTES "),
+        Some(format!("{}", MB << 20).as_str())
+    );
+    assert_eq!(
+        field(out, "H2G-HOST-MD5 "),
+        field(c, "H2G-GUEST-MD5 "),
+        "host → guest data intact"
+    );
+    assert!(
+        out.contains("SOCKET-GONE"),
+        "kapsel removes its socket on exit"
+    );
+}

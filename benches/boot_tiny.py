@@ -123,10 +123,17 @@ def host_line():
     except OSError:
         pass
     kvm = "kvm_pvm" if os.path.exists("/sys/module/kvm_pvm") else "kvm"
-    return f"{platform.node()}: Linux {platform.release()}, {os.cpu_count()} CPUs ({cpu}), /dev/kvm from {kvm}"
+    load = os.getloadavg()[0]
+    return (f"{platform.node()}: Linux {platform.release()}, {os.cpu_count()} CPUs ({cpu}), "
+            f"/dev/kvm from {kvm}, load average {load:.1f} at the start")
 
 
-def report(k, q, kapsel_cmd, qemu_cmd, runs):
+def show(cmd):
+    """A command line with paths inside the repository made relative to it."""
+    return " ".join(a[len(ROOT) + 1:] if a.startswith(ROOT + "/") else a for a in cmd)
+
+
+def report(k, q, kapsel_cmd, qemu_cmd, runs, host):
     ratio_t = k["t_med"] / q["t_med"]
     ratio_r = k["rss_med"] / q["rss_med"]
     ok_t = "meets" if ratio_t <= TARGETS["time_ratio"] else "misses"
@@ -137,7 +144,7 @@ def report(k, q, kapsel_cmd, qemu_cmd, runs):
         "",
         f"Spawn to `TEST-GUEST-READY` on stdout for the no_std test guest (`test=hello`, PVH entry, 128 MiB),",
         f"and the VMM's VmRSS sampled at that moment. {runs} runs each, interleaved. Measured {now}",
-        f"on {host_line()}.",
+        f"on {host}.",
         "",
         "| VMM | runs | median boot (ms) | p90 boot (ms) | median VmRSS (MiB) | p90 VmRSS (MiB) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -158,8 +165,8 @@ def report(k, q, kapsel_cmd, qemu_cmd, runs):
         "Commands (`benches/boot_tiny.py --runs {} --write`):".format(runs),
         "",
         "```",
-        " ".join(kapsel_cmd),
-        " ".join(qemu_cmd),
+        show(kapsel_cmd),
+        show(qemu_cmd),
         "```",
         "",
     ]
@@ -206,6 +213,7 @@ def main():
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
         "-kernel", guest, "-append", "test=hello",
     ]
+    host = host_line()
     # One warm-up run each (page cache, lazy binding), not counted.
     one_run(kapsel_cmd, args.timeout)
     one_run(qemu_cmd, args.timeout)
@@ -215,7 +223,7 @@ def main():
         qs.append(one_run(qemu_cmd, args.timeout))
         print(f"run {i + 1}/{args.runs}: kapsel {ks[-1][0] * 1000:.2f} ms, "
               f"qemu {qs[-1][0] * 1000:.2f} ms", file=sys.stderr)
-    text = report(summarize(ks), summarize(qs), kapsel_cmd, qemu_cmd, args.runs)
+    text = report(summarize(ks), summarize(qs), kapsel_cmd, qemu_cmd, args.runs, host)
     print(text)
     if args.write:
         write_section(text)

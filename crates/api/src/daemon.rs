@@ -54,6 +54,8 @@ pub enum InstanceStatus {
     Stopped,
     Starting,
     Running,
+    /// The vCPUs are paused (the VMM process lives on).
+    Paused,
     Stopping,
     /// The VMM ended with a failure and no restart is pending.
     Error,
@@ -65,6 +67,7 @@ impl InstanceStatus {
             InstanceStatus::Stopped => "stopped",
             InstanceStatus::Starting => "starting",
             InstanceStatus::Running => "running",
+            InstanceStatus::Paused => "paused",
             InstanceStatus::Stopping => "stopping",
             InstanceStatus::Error => "error",
         }
@@ -75,6 +78,7 @@ impl InstanceStatus {
             "stopped" => Some(InstanceStatus::Stopped),
             "starting" => Some(InstanceStatus::Starting),
             "running" => Some(InstanceStatus::Running),
+            "paused" => Some(InstanceStatus::Paused),
             "stopping" => Some(InstanceStatus::Stopping),
             "error" => Some(InstanceStatus::Error),
             _ => None,
@@ -349,6 +353,7 @@ mod tests {
             InstanceStatus::Stopped,
             InstanceStatus::Starting,
             InstanceStatus::Running,
+            InstanceStatus::Paused,
             InstanceStatus::Stopping,
             InstanceStatus::Error,
         ] {

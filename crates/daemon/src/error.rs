@@ -32,6 +32,8 @@ pub enum DaemonError {
     StartFailed(String),
     #[error("cgroup setup failed")]
     Cgroup(#[from] sandbox::cgroup::CgroupError),
+    #[error("{0}")]
+    Vmm(String),
     #[error("network setup failed: {0}")]
     Network(String),
 }

@@ -15,8 +15,8 @@ use api::daemon::{Image, Instance, InstanceStatus};
 
 use crate::db::StoredProcess;
 use crate::error::{DaemonError, Result};
-use crate::process;
 use crate::state::{Daemon, Proc};
+use crate::{netsetup, process};
 
 /// How long a VMM gets to build its VM and open its console socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,7 +31,7 @@ pub enum StartReason {
 }
 
 /// The `kapsel run` arguments for an instance of `image`.
-pub fn vmm_args(inst: &Instance, image: &Image, console: &Path) -> Vec<String> {
+pub fn vmm_args(inst: &Instance, image: &Image, console: &Path, api: &Path) -> Vec<String> {
     let mut args = vec!["run".to_string(), "--kernel".into(), image.kernel.clone()];
     if let Some(initrd) = &image.initrd {
         args.push("--initrd".into());
@@ -51,8 +51,38 @@ pub fn vmm_args(inst: &Instance, image: &Image, console: &Path) -> Vec<String> {
         format!("{}M", inst.config.memory_mib),
         "--console".into(),
         format!("socket:{}", console.display()),
+        "--api-socket".into(),
+        api.display().to_string(),
     ]);
+    for i in 0..inst.config.networks.len() {
+        args.push("--net".into());
+        args.push(format!(
+            "tap={},mac={}",
+            netsetup::tap_name(&inst.name, i),
+            netsetup::mac(&inst.name, i)
+        ));
+    }
+    if let Some(disk) = &inst.disk {
+        args.push("--disk".into());
+        args.push(format!("path={disk}"));
+    }
     args
+}
+
+/// Creates the instance's TAPs on the bridges of its networks.
+fn prepare_nics(d: &Daemon, inst: &Instance) -> Result<()> {
+    if inst.config.networks.is_empty() {
+        return Ok(());
+    }
+    let nets = d.db().networks()?;
+    for (i, name) in inst.config.networks.iter().enumerate() {
+        let net = nets
+            .iter()
+            .find(|n| &n.name == name)
+            .ok_or_else(|| DaemonError::BadRequest(format!("network '{name}' does not exist")))?;
+        netsetup::ensure_tap(&netsetup::tap_name(&inst.name, i), &net.bridge)?;
+    }
+    Ok(())
 }
 
 fn rotate_log(path: &Path) {
@@ -89,6 +119,7 @@ pub fn start(d: &Daemon, name: &str, reason: StartReason) -> Result<Instance> {
     for dir in [&run_dir, &inst_dir] {
         std::fs::create_dir_all(dir).map_err(|e| DaemonError::io("create", dir, e))?;
     }
+    prepare_nics(d, &inst)?;
     let console = cfg.console_socket(name);
     let _ = std::fs::remove_file(&console);
     let log_path = cfg.vmm_log(name);
@@ -103,7 +134,9 @@ pub fn start(d: &Daemon, name: &str, reason: StartReason) -> Result<Instance> {
         .map_err(|e| DaemonError::io("open", &log_path, e))?;
 
     let mut cmd = Command::new(&cfg.vmm_bin);
-    cmd.args(vmm_args(&inst, &image, &console))
+    let api = cfg.api_socket(name);
+    let _ = std::fs::remove_file(&api);
+    cmd.args(vmm_args(&inst, &image, &console, &api))
         .env("KAPSEL_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log)
@@ -285,11 +318,16 @@ mod tests {
             size_bytes: 0,
             created_at: 0,
         };
-        let args = vmm_args(&inst, &image, Path::new("/run/c.sock"));
+        let args = vmm_args(
+            &inst,
+            &image,
+            Path::new("/run/c.sock"),
+            Path::new("/run/a.sock"),
+        );
         assert_eq!(
             args.join(" "),
             "run --kernel /k --initrd /i --cmdline console=ttyS0 test=idle --cpus 2 \
-             --memory 64M --console socket:/run/c.sock"
+             --memory 64M --console socket:/run/c.sock --api-socket /run/a.sock"
         );
     }
 }

@@ -192,6 +192,48 @@ fn start_dnsmasq(dir: &Path, net: &Network, subnet: &Subnet) -> Result<()> {
     Ok(())
 }
 
+/// The TAP of NIC `index` of instance `instance`: `kapsel` + 8 hex digits of a hash + the
+/// index (15 bytes at most, the kernel's limit), stable across restarts.
+pub fn tap_name(instance: &str, index: usize) -> String {
+    format!("kapsel{:08x}{}", fnv(instance) as u32, index % 10)
+}
+
+/// A locally administered MAC for NIC `index` of `instance`, stable across restarts.
+pub fn mac(instance: &str, index: usize) -> String {
+    let h = fnv(&format!("{instance}/{index}"));
+    format!(
+        "52:54:00:{:02x}:{:02x}:{:02x}",
+        (h >> 16) as u8,
+        (h >> 8) as u8,
+        h as u8
+    )
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Creates a persistent TAP (with virtio-net headers) on `bridge`, if it is not there yet.
+pub fn ensure_tap(tap: &str, bridge: &str) -> Result<()> {
+    if !Path::new(&format!("/sys/class/net/{tap}")).exists() {
+        run(
+            "ip",
+            &["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"],
+        )?;
+    }
+    run("ip", &["link", "set", tap, "master", bridge])?;
+    run("ip", &["link", "set", tap, "up"])
+}
+
+/// Deletes a TAP (instance deleted).
+pub fn remove_tap(tap: &str) {
+    let _ = Command::new("ip")
+        .args(["tuntap", "del", "dev", tap, "mode", "tap"])
+        .output();
+}
+
 /// Stops dnsmasq, drops the NAT table and deletes the bridge.
 pub fn deactivate(state: &Path, net: &Network) {
     let dir = net_dir(state, &net.name);
@@ -231,6 +273,19 @@ mod tests {
         }
         assert!(s.overlaps(&Subnet::parse("10.77.0.9/16").unwrap()));
         assert!(!s.overlaps(&Subnet::parse("10.78.0.1/24").unwrap()));
+    }
+
+    #[test]
+    fn tap_names_fit_and_macs_are_local() {
+        let t = tap_name(&"x".repeat(40), 3);
+        assert!(
+            t.len() <= 15 && t.starts_with("kapsel") && t.ends_with('3'),
+            "{t}"
+        );
+        assert_eq!(tap_name("a", 0), tap_name("a", 0));
+        assert_ne!(tap_name("a", 0), tap_name("b", 0));
+        assert!(mac("a", 0).starts_with("52:54:00:"));
+        assert_ne!(mac("a", 0), mac("a", 1));
     }
 
     #[test]

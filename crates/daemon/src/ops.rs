@@ -117,6 +117,66 @@ pub fn stop(d: &Daemon, name: &str, force: bool) -> Result<Instance> {
     get(d, name)
 }
 
+/// Pauses (`true`) or resumes the guest's vCPUs through its VMM's control API.
+pub fn pause(d: &Daemon, name: &str, pause: bool) -> Result<Instance> {
+    let what = if pause { "pause" } else { "resume" };
+    let _guard = d.claim(name, what)?;
+    let (inst, _) = d.db().instance(name)?;
+    let want_from = if pause {
+        InstanceStatus::Running
+    } else {
+        InstanceStatus::Paused
+    };
+    if !d.procs().contains_key(name) || inst.status != want_from {
+        return Err(DaemonError::Conflict(format!(
+            "cannot {what} instance '{name}': it is {}",
+            inst.status.as_str()
+        )));
+    }
+    let vm = client::vm::VmClient::new(
+        client::Endpoint::new(d.config.api_socket(name))
+            .with_timeout(std::time::Duration::from_secs(10)),
+    );
+    let mut attempt = 0;
+    loop {
+        let r = if pause { vm.pause() } else { vm.resume() };
+        match r {
+            Ok(_) => break,
+            // The API socket appears shortly after the console one: retry briefly.
+            Err(client::ClientError::Connect { .. }) if attempt < 40 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(client::ClientError::Status { status, message }) if status < 500 => {
+                return Err(DaemonError::Conflict(format!(
+                    "VMM refused {what}: {message}"
+                )))
+            }
+            Err(e) => {
+                return Err(DaemonError::Vmm(format!(
+                    "{what} through the VMM API failed: {e}"
+                )))
+            }
+        }
+    }
+    let next = if pause {
+        InstanceStatus::Paused
+    } else {
+        InstanceStatus::Running
+    };
+    d.db().set_status(name, next)?;
+    d.event(
+        if pause {
+            "instance-paused"
+        } else {
+            "instance-resumed"
+        },
+        Some(name),
+        "",
+    );
+    get(d, name)
+}
+
 pub fn restart(d: &Daemon, name: &str) -> Result<Instance> {
     let _guard = d.claim(name, "restart")?;
     d.db().instance(name)?;
@@ -137,8 +197,12 @@ pub fn delete(d: &Daemon, name: &str, force: bool) -> Result<()> {
         }
         lifecycle::stop(d, name, true)?;
     }
+    let (inst, _) = d.db().instance(name)?;
     d.db().delete_instance(name)?;
     d.cgroups.remove(name);
+    for i in 0..inst.config.networks.len() {
+        crate::netsetup::remove_tap(&crate::netsetup::tap_name(name, i));
+    }
     let _ = std::fs::remove_dir_all(d.config.instance_dir(name));
     let _ = std::fs::remove_dir_all(d.config.instance_run_dir(name));
     d.event("instance-deleted", Some(name), "");

@@ -157,13 +157,11 @@ fn instance_action(d: &Daemon, name: &str, action: &str, raw: &[u8]) -> Result<R
             let req: CopyRequest = body(raw)?;
             json(201, &ops::copy(d, name, &req.new_name)?)
         }
-        "pause" | "resume" | "snapshots" => {
+        "pause" => json(200, &ops::pause(d, name, true)?),
+        "resume" => json(200, &ops::pause(d, name, false)?),
+        "snapshots" => {
             d.db().instance(name)?;
-            Err(DaemonError::NotSupported(match action {
-                "pause" => "pause (it needs the VMM's API)",
-                "resume" => "resume (it needs the VMM's API)",
-                _ => "snapshots (they need the VMM's API)",
-            }))
+            Err(DaemonError::NotSupported("snapshots through the daemon"))
         }
         _ => Err(DaemonError::NotFound {
             kind: "action",

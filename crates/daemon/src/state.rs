@@ -49,6 +49,10 @@ impl DaemonConfig {
     pub fn instance_run_dir(&self, name: &str) -> PathBuf {
         self.run_dir.join("instances").join(name)
     }
+    /// The VMM's control API socket (pause, resume, snapshot).
+    pub fn api_socket(&self, name: &str) -> PathBuf {
+        self.instance_run_dir(name).join("api.sock")
+    }
     pub fn console_socket(&self, name: &str) -> PathBuf {
         self.instance_run_dir(name).join("console.sock")
     }

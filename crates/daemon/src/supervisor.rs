@@ -236,7 +236,10 @@ pub fn recover(d: &Daemon) -> Result<()> {
                             started: Instant::now(),
                         },
                     )?;
-                    if inst.status != InstanceStatus::Running {
+                    if !matches!(
+                        inst.status,
+                        InstanceStatus::Running | InstanceStatus::Paused
+                    ) {
                         d.db().set_status(&name, InstanceStatus::Running)?;
                     }
                     d.event(
@@ -251,7 +254,7 @@ pub fn recover(d: &Daemon) -> Result<()> {
         }
         let was_up = matches!(
             inst.status,
-            InstanceStatus::Running | InstanceStatus::Starting
+            InstanceStatus::Running | InstanceStatus::Starting | InstanceStatus::Paused
         );
         if was_up || inst.status == InstanceStatus::Stopping {
             let restart = was_up && should_restart(inst.config.restart, ExitStatus::Unknown);

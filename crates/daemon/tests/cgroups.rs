@@ -78,6 +78,7 @@ fn cpu_cap_holds_and_changes_live() {
     let mut r = request("capped", "spin", RestartPolicy::No);
     r.cpu_cap_percent = Some(50);
     d.client().create(&r).unwrap();
+    d.boost_cpu_weight();
     std::thread::sleep(Duration::from_millis(500));
     let used = measure_in(&d, "capped", 0.45..=0.55);
     assert!(
@@ -116,6 +117,7 @@ fn weights_split_a_contended_cpu_in_proportion() {
         r.cpuset = Some(cpu.into());
         d.client().create(&r).unwrap();
     }
+    d.boost_cpu_weight();
     std::thread::sleep(Duration::from_millis(500));
     let used = measure(&d, &["light", "heavy"], Duration::from_secs(3));
     let ratio = used[1] / used[0];

@@ -96,8 +96,12 @@ fn launch_list_console_stop_start_restart_delete() {
         std::fs::read_to_string(d.cgroup_dir("cpu", "web-1").join("cpu.cfs_quota_us")).unwrap();
     assert_eq!(quota.trim(), "30000");
 
-    // Pause needs the VMM API: a clear "not supported" for now.
-    assert_eq!(status_of(c.pause("web-1")), 501);
+    // Pause and resume go through the VMM's control API; the guest stops beating while paused.
+    let paused = c.pause("web-1").unwrap();
+    assert_eq!(paused.status, InstanceStatus::Paused);
+    assert_eq!(status_of(c.pause("web-1")), 409);
+    assert_eq!(c.resume("web-1").unwrap().status, InstanceStatus::Running);
+    assert_eq!(status_of(c.resume("web-1")), 409);
 
     assert_eq!(status_of(c.delete("web-1", false)), 409);
     c.delete("web-1", true).unwrap();
@@ -120,6 +124,8 @@ fn launch_list_console_stop_start_restart_delete() {
         "instance-stopped",
         "instance-started",
         "instance-updated",
+        "instance-paused",
+        "instance-resumed",
         "instance-stopped",
         "instance-deleted",
     ];

@@ -19,6 +19,8 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::layout::*;
 use crate::GuestMemoryMmap;
 
+mod pci;
+
 const OEM_ID: [u8; 6] = *b"KAPSEL";
 const OEM_TABLE_ID: [u8; 8] = *b"KAPSELVM";
 const OEM_REVISION: u32 = 1;
@@ -72,6 +74,8 @@ fn dsdt() -> Vec<u8> {
         Some(1),
     ));
     devices.extend(legacy_device("RTC_", "PNP0B00", &[(0x70, 2)], Some(8)));
+    devices.extend(pci::host_bridge());
+    devices.extend(pci::motherboard_resources());
     let mut body = aml::Scope::raw(aml::Path::new("\\_SB_"), devices);
     let s5_type = ACPI_S5_SLEEP_TYPE;
     let s5_package = aml::Package::new(vec![&s5_type]);
@@ -162,9 +166,15 @@ pub fn setup_acpi(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, AcpiError> {
     next = align8(next + madt_bytes.len() as u64);
     blobs.push((madt_addr, madt_bytes));
 
+    let mcfg_bytes = pci::mcfg();
+    let mcfg_addr = next;
+    next = align8(next + mcfg_bytes.len() as u64);
+    blobs.push((mcfg_addr, mcfg_bytes));
+
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let xsdt_bytes = bytes_of(&xsdt);
     let xsdt_addr = next;
     next += xsdt_bytes.len() as u64;
@@ -234,7 +244,7 @@ mod tests {
                 assert!(d.windows(4).any(|w| w == b"_S5_"));
             }
         }
-        assert_eq!(sigs, ["FACP", "APIC"]);
+        assert_eq!(sigs, ["FACP", "APIC", "MCFG"]);
     }
 
     #[test]

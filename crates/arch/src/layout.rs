@@ -38,6 +38,14 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MEM_32BIT_GAP_START: u64 = 3 << 30;
 /// First address above 4 GiB; RAM that does not fit below the hole continues here.
 pub const RAM_64BIT_START: u64 = 4 << 30;
+/// PCI: 32-bit memory BARs are placed in [`PCI_MMIO_START`, +[`PCI_MMIO_SIZE`]) (announced
+/// as the host bridge's memory window in the DSDT).
+pub const PCI_MMIO_START: u64 = 0xc000_0000;
+pub const PCI_MMIO_SIZE: u64 = 0x2000_0000;
+/// PCI ECAM (MMCONFIG) for bus 0 (1 MiB: 32 devices × 8 functions × 4 KiB), announced in
+/// the MCFG table and reserved as a motherboard resource.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// IOAPIC registers.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC registers.

@@ -53,6 +53,16 @@ impl Hypervisor {
             .map_err(HvError::ioctl("KVM_GET_SUPPORTED_CPUID"))
     }
 
+    /// The MSRs KVM can save and restore for a vCPU on this host.
+    pub fn msr_index_list(&self) -> Result<Vec<u32>, HvError> {
+        Ok(self
+            .kvm
+            .get_msr_index_list()
+            .map_err(HvError::ioctl("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec())
+    }
+
     /// Whether the host supports the TSC-deadline timer in the in-kernel LAPIC.
     pub fn has_tsc_deadline_timer(&self) -> bool {
         self.kvm.check_extension(Cap::TscDeadlineTimer)

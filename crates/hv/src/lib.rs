@@ -11,8 +11,8 @@ mod vm;
 
 pub use error::HvError;
 pub use hypervisor::Hypervisor;
-pub use vcpu::{Vcpu, VmExit};
-pub use vm::{IoEventAddress, IrqRouter, MsiMessage, Vm};
+pub use vcpu::{Vcpu, VcpuState, VmExit};
+pub use vm::{IoEventAddress, IrqRouter, MsiMessage, Vm, VmState};
 
 /// Plain KVM data types (register files, CPUID and MSR lists) used by arch setup.
 pub mod types {

@@ -167,3 +167,134 @@ impl Vcpu {
         })
     }
 }
+
+/// Everything KVM holds for one vCPU that a snapshot needs, in KVM's own types.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct VcpuState {
+    pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    pub msrs: Vec<kvm_bindings::kvm_msr_entry>,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_bindings::kvm_xsave,
+    pub xcrs: kvm_bindings::kvm_xcrs,
+    pub debug_regs: kvm_bindings::kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    pub mp_state: kvm_bindings::kvm_mp_state,
+    pub vcpu_events: kvm_bindings::kvm_vcpu_events,
+    pub tsc_khz: Option<u32>,
+}
+
+impl Vcpu {
+    /// Reads the vCPU's complete state. `msr_indices` lists the MSRs to save; the ones KVM
+    /// refuses to read are left out.
+    pub fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState, HvError> {
+        let cpuid = self
+            .fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(HvError::ioctl("KVM_GET_CPUID2"))?
+            .as_slice()
+            .to_vec();
+        let mp_state = self
+            .fd
+            .get_mp_state()
+            .map_err(HvError::ioctl("KVM_GET_MP_STATE"))?;
+        let regs = self.get_regs()?;
+        let sregs = self.get_sregs()?;
+        let xsave = self
+            .fd
+            .get_xsave()
+            .map_err(HvError::ioctl("KVM_GET_XSAVE"))?;
+        let xcrs = self.fd.get_xcrs().map_err(HvError::ioctl("KVM_GET_XCRS"))?;
+        let debug_regs = self
+            .fd
+            .get_debug_regs()
+            .map_err(HvError::ioctl("KVM_GET_DEBUGREGS"))?;
+        let lapic = self.get_lapic()?;
+        let msrs = self.read_msrs(msr_indices)?;
+        let vcpu_events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(HvError::ioctl("KVM_GET_VCPU_EVENTS"))?;
+        let tsc_khz = self.fd.get_tsc_khz().ok();
+        Ok(VcpuState {
+            cpuid,
+            msrs,
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            debug_regs,
+            lapic,
+            mp_state,
+            vcpu_events,
+            tsc_khz,
+        })
+    }
+
+    /// Reads every readable MSR of `indices`, skipping those KVM rejects.
+    fn read_msrs(&self, indices: &[u32]) -> Result<Vec<kvm_bindings::kvm_msr_entry>, HvError> {
+        let mut wanted: Vec<u32> = indices.to_vec();
+        let mut saved = Vec::with_capacity(wanted.len());
+        while !wanted.is_empty() {
+            let chunk: Vec<kvm_bindings::kvm_msr_entry> = wanted
+                .iter()
+                .take(kvm_bindings::KVM_MAX_MSR_ENTRIES)
+                .map(|&index| kvm_bindings::kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&chunk).map_err(|_| HvError::Ioctl {
+                op: "KVM_GET_MSRS",
+                source: std::io::Error::other("MSR list too long"),
+            })?;
+            let n = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(HvError::ioctl("KVM_GET_MSRS"))?;
+            saved.extend_from_slice(&msrs.as_slice()[..n]);
+            // KVM stops at the first MSR it cannot read: skip that one and go on.
+            let consumed = (n + 1).min(chunk.len());
+            wanted.drain(..consumed);
+        }
+        Ok(saved)
+    }
+
+    /// Writes a saved state back, in the order KVM needs (CPUID first, events last).
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), HvError> {
+        if let Some(khz) = state.tsc_khz {
+            // Older hosts or a different TSC frequency: keep KVM's default rather than fail.
+            let _ = self.fd.set_tsc_khz(khz);
+        }
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| HvError::Ioctl {
+            op: "KVM_SET_CPUID2",
+            source: std::io::Error::other("saved CPUID list too long"),
+        })?;
+        self.set_cpuid(&cpuid)?;
+        self.fd
+            .set_mp_state(state.mp_state)
+            .map_err(HvError::ioctl("KVM_SET_MP_STATE"))?;
+        self.set_regs(&state.regs)?;
+        self.set_sregs(&state.sregs)?;
+        // SAFETY: `kvm_xsave` is the legacy fixed-size XSAVE area, read by KVM_GET_XSAVE from
+        // a vCPU of the same host type; KVM validates its contents.
+        unsafe { self.fd.set_xsave(&state.xsave) }.map_err(HvError::ioctl("KVM_SET_XSAVE"))?;
+        self.fd
+            .set_xcrs(&state.xcrs)
+            .map_err(HvError::ioctl("KVM_SET_XCRS"))?;
+        self.fd
+            .set_debug_regs(&state.debug_regs)
+            .map_err(HvError::ioctl("KVM_SET_DEBUGREGS"))?;
+        self.set_lapic(&state.lapic)?;
+        for chunk in state.msrs.chunks(kvm_bindings::KVM_MAX_MSR_ENTRIES) {
+            let msrs = Msrs::from_entries(chunk).map_err(|_| HvError::Ioctl {
+                op: "KVM_SET_MSRS",
+                source: std::io::Error::other("MSR list too long"),
+            })?;
+            self.set_msrs(&msrs)?;
+        }
+        self.fd
+            .set_vcpu_events(&state.vcpu_events)
+            .map_err(HvError::ioctl("KVM_SET_VCPU_EVENTS"))
+    }
+}

@@ -95,3 +95,63 @@ impl Vm {
         Ok(Vcpu::new(fd, id))
     }
 }
+
+/// The VM-wide in-kernel device state a snapshot needs: PIC pair, IOAPIC, PIT, kvmclock.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_bindings::kvm_irqchip,
+    pub pic_slave: kvm_bindings::kvm_irqchip,
+    pub ioapic: kvm_bindings::kvm_irqchip,
+    pub pit: kvm_bindings::kvm_pit_state2,
+    pub clock: kvm_bindings::kvm_clock_data,
+}
+
+fn irqchip(id: u32) -> kvm_bindings::kvm_irqchip {
+    kvm_bindings::kvm_irqchip {
+        chip_id: id,
+        ..Default::default()
+    }
+}
+
+impl Vm {
+    /// Reads the in-kernel irqchips, PIT and clock.
+    pub fn save_state(&self) -> Result<VmState, HvError> {
+        let mut chips = [
+            irqchip(kvm_bindings::KVM_IRQCHIP_PIC_MASTER),
+            irqchip(kvm_bindings::KVM_IRQCHIP_PIC_SLAVE),
+            irqchip(kvm_bindings::KVM_IRQCHIP_IOAPIC),
+        ];
+        for chip in &mut chips {
+            self.fd
+                .get_irqchip(chip)
+                .map_err(HvError::ioctl("KVM_GET_IRQCHIP"))?;
+        }
+        let pit = self.fd.get_pit2().map_err(HvError::ioctl("KVM_GET_PIT2"))?;
+        let mut clock = self.fd.get_clock().map_err(HvError::ioctl("KVM_GET_CLOCK"))?;
+        // Only the clock value is restored; the flags describe this host's clock source.
+        clock.flags = 0;
+        let [pic_master, pic_slave, ioapic] = chips;
+        Ok(VmState {
+            pic_master,
+            pic_slave,
+            ioapic,
+            pit,
+            clock,
+        })
+    }
+
+    /// Writes saved irqchip, PIT and clock state back (after the vCPUs exist).
+    pub fn restore_state(&self, state: &VmState) -> Result<(), HvError> {
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(HvError::ioctl("KVM_SET_IRQCHIP"))?;
+        }
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(HvError::ioctl("KVM_SET_PIT2"))?;
+        self.fd
+            .set_clock(&state.clock)
+            .map_err(HvError::ioctl("KVM_SET_CLOCK"))
+    }
+}

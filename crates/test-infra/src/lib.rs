@@ -4,6 +4,7 @@
 //! - [`kapsel_static_bin`]: a statically linked `kapsel`, built once, to copy into the test bed.
 //! - [`TestBed`]: runs a shell scenario inside the nested test bed (`scripts/testbed.sh`).
 //! - [`scenario`]: a shell prelude to boot L2 guests with kapsel, and the parser of its output.
+//! - [`test_guest`]: the no_std test guest ELFs for tests directly on `/dev/kvm`.
 //! - [`GuestReport`]: the `guest: key=value …` lines the test guests print.
 //!
 //! Everything here fails loudly: a test bed that cannot start panics the test, it never skips.
@@ -13,10 +14,12 @@ mod guest_report;
 mod paths;
 pub mod scenario;
 mod static_bin;
+mod test_guest;
 mod testbed;
 
 pub use error::Error;
 pub use guest_report::{GuestReport, VirtioDevice};
 pub use paths::{guest_dir, repo_root, try_guest_dir};
 pub use static_bin::{kapsel_static_bin, try_kapsel_static_bin};
+pub use test_guest::{require_kvm, test_guest, TestGuestEntry};
 pub use testbed::{TestBed, TestBedRun};

@@ -11,7 +11,10 @@
 pub mod block;
 pub mod device;
 pub mod log_limit;
+pub mod net;
+pub mod rate_limiter;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 pub use device::{ActivateError, Interrupt, InterruptKind, QueueHandle, VirtioDevice};

@@ -23,6 +23,8 @@ pub struct BuiltVm {
     pub memory: GuestMemoryMmap,
     pub devices: DeviceManager,
     pub vcpus: Vec<Vcpu>,
+    /// The MSRs a snapshot saves for each vCPU.
+    pub msr_list: Vec<u32>,
 }
 
 fn open(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
@@ -112,6 +114,13 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
     }
 
     let devices = DeviceManager::new(&vm, config.memory, start, config.boot_timer)?;
+    let mut pci = crate::pci::PciDevices::new(
+        &vm,
+        &devices.pio_bus,
+        devices.mmio_bus.clone(),
+        memory.clone(),
+    )?;
+    crate::pci::add_configured_devices(&mut pci, config)?;
 
     let supported = hv.supported_cpuid()?;
     let tsc_deadline = hv.has_tsc_deadline_timer();
@@ -140,5 +149,49 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
         memory,
         devices,
         vcpus,
+        msr_list: hv.msr_index_list()?,
     })
+}
+
+/// Rebuilds a VM from a snapshot directory: memory mapped copy-on-write from its memory file,
+/// devices, vCPUs and in-kernel state as saved. Returns the VM and the saved configuration.
+pub fn restore_vm(dir: &std::path::Path, start: Instant) -> Result<(BuiltVm, VmConfig), VmmError> {
+    let hv = Hypervisor::new().map_err(VmmError::Kvm)?;
+    let (state, mem_file) = crate::snapshot::read_snapshot(dir)?;
+    let config = state.config;
+    config.validate(host_memory(), hv.max_vcpus())?;
+    if state.vcpus.len() != usize::from(config.cpus) {
+        return Err(VmmError::Restore(crate::snapshot::SnapshotError::Vcpu(
+            format!(
+                "state holds {} vCPUs, configuration says {}",
+                state.vcpus.len(),
+                config.cpus
+            ),
+        )));
+    }
+    let vm = hv.create_vm().map_err(VmmError::Kvm)?;
+    vm.set_tss_and_identity_map()?;
+    vm.create_irqchip_and_pit()?;
+    let memory = crate::snapshot::map_memory(&mem_file, &state.memory)?;
+    register_guest_memory(&vm, &memory)?;
+    let devices =
+        DeviceManager::restore(&vm, config.memory, start, config.boot_timer, &state.devices)?;
+    let mut vcpus = Vec::with_capacity(state.vcpus.len());
+    for (id, saved) in state.vcpus.iter().enumerate() {
+        let vcpu = vm.create_vcpu(id as u8)?;
+        vcpu.restore_state(saved)?;
+        vcpus.push(vcpu);
+    }
+    vm.restore_state(&state.vm)?;
+    tracing::info!(dir = %dir.display(), cpus = config.cpus, "VM restored");
+    Ok((
+        BuiltVm {
+            vm,
+            memory,
+            devices,
+            vcpus,
+            msr_list: hv.msr_index_list()?,
+        },
+        config,
+    ))
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use arch::layout::{MAX_VCPUS, MIN_MEMORY};
 
-/// What one VM is made of.
-#[derive(Debug, Clone)]
+/// What one VM is made of. The same type serves the CLI, the API and snapshots.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
@@ -15,6 +15,18 @@ pub struct VmConfig {
     pub memory: u64,
     /// Print a timestamped line for each write to the debug port 0x80.
     pub boot_timer: bool,
+    /// Network cards (`--net`), in PCI slot order.
+    #[serde(default)]
+    pub nets: Vec<crate::net_config::NetSpec>,
+    /// The vsock device (`--vsock`).
+    #[serde(default)]
+    pub vsock: Option<crate::net_config::VsockSpec>,
+    /// Disks (`--disk`), in PCI slot order: the first is `/dev/vda`.
+    #[serde(default)]
+    pub disks: Vec<crate::disk_config::DiskConfig>,
+    /// The virtio entropy device (`--rng`).
+    #[serde(default)]
+    pub rng: bool,
 }
 
 /// The default kernel command line: serial console, reboot through the i8042, and no
@@ -35,6 +47,10 @@ pub enum ConfigError {
     TooLittleMemory { asked: u64, min: u64 },
     #[error("--memory {asked} MiB is more than this host's {host} MiB of RAM")]
     TooMuchMemory { asked: u64, host: u64 },
+    #[error(transparent)]
+    DeviceOption(#[from] crate::net_config::OptionError),
+    #[error(transparent)]
+    Disk(#[from] crate::disk_config::DiskOptionError),
 }
 
 /// Parses a size such as `512M`, `4G`, `5GiB`, `1048576K` or a plain number of MiB.
@@ -64,6 +80,7 @@ impl VmConfig {
         if self.cpus == 0 {
             return Err(ConfigError::NoCpus);
         }
+        crate::disk_config::disk_ids(&self.disks)?;
         let limit = max_vcpus.min(MAX_VCPUS);
         if usize::from(self.cpus) > limit {
             return Err(ConfigError::TooManyCpus {
@@ -112,6 +129,10 @@ mod tests {
             cpus,
             memory,
             boot_timer: false,
+            nets: Vec::new(),
+            vsock: None,
+            disks: Vec::new(),
+            rng: false,
         }
     }
 

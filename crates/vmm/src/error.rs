@@ -45,6 +45,12 @@ pub enum VmmError {
     Boot(String),
     #[error("device setup failed: {0}")]
     Device(String),
+    #[error("network card setup failed")]
+    Net(#[source] virtio::net::NetError),
+    #[error("vsock setup failed")]
+    Vsock(#[source] virtio::vsock::VsockError),
+    #[error(transparent)]
+    Disk(#[from] virtio::block::BlockError),
     #[error("cannot create eventfd")]
     EventFd(#[source] std::io::Error),
     #[error("cannot spawn thread {name}")]
@@ -53,6 +59,14 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on API socket {path}")]
+    ApiSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot restore snapshot: {0}")]
+    Restore(#[from] crate::snapshot::SnapshotError),
     #[error("signal setup failed")]
     Signals(#[source] std::io::Error),
 }

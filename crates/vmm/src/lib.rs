@@ -4,20 +4,29 @@
 //! - [`builder`]: memory, interrupt controllers, kernel, firmware tables, devices, vCPUs.
 //! - [`vcpu`]: one thread per vCPU running `KVM_RUN` and dispatching exits to the buses.
 //! - [`devices`]: the legacy device set and the PIO/MMIO buses.
+//! - [`pci`]: PCI bus 0 and the virtio-pci devices (disks from [`disk_config`], entropy).
 //! - [`console`]: the host side of the serial console (stdin, raw tty mode).
 //! - [`run`]: the control loop that waits for the guest's end, signals and vCPU failures.
 
+pub mod api;
 pub mod builder;
 pub mod config;
 pub mod console;
 pub mod devices;
+pub mod disk_config;
 pub mod error;
 pub mod exit;
 pub mod memory;
+pub mod net_config;
+pub mod net_devices;
+pub mod pci;
 pub mod run;
+pub mod snapshot;
+pub mod state;
 pub mod vcpu;
+pub mod vm;
 
 pub use config::{parse_size, VmConfig};
 pub use error::VmmError;
 pub use exit::VmExitReason;
-pub use run::run_vm;
+pub use run::{restore_and_run, run_vm, RunOptions};

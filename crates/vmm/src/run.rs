@@ -1,21 +1,32 @@
 //! The control loop of a running VM: waits for the guest to end (reset, power-off, a fatal
-//! vCPU exit), for SIGINT/SIGTERM/SIGHUP or the console escape, then stops the vCPUs.
+//! vCPU exit), for SIGINT/SIGTERM/SIGHUP, the console escape or an API request, and carries
+//! out API operations on the control thread.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use kapsel_http::Response;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::builder::build_vm;
+use crate::api::{error_response, json_response, spawn_api_server, ApiRequest, ApiServer};
+use crate::builder::{build_vm, restore_vm, BuiltVm};
 use crate::console::{spawn_stdin_reader, RawTerminal};
-use crate::vcpu::{spawn_vcpu, stop_vcpus, ExitSignal, VcpuContext};
+use crate::vm::Vmm;
 use crate::{VmConfig, VmExitReason, VmmError};
 
 /// Signals that stop the VM cleanly; blocked in every thread and read through a signalfd.
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// How the VMM process is driven, beyond the VM's own configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Serve the control API on this UNIX socket.
+    pub api_socket: Option<PathBuf>,
+    /// Start with the vCPUs paused (resume through the API).
+    pub paused: bool,
+}
 
 /// Blocks the stop signals in this thread (and the threads it spawns later) and returns a
 /// signalfd that reports them.
@@ -43,19 +54,40 @@ fn stop_signalfd() -> Result<RawFd, VmmError> {
 }
 
 /// Builds and runs the VM to its end. `start` is the process start, for the boot timer.
-pub fn run_vm(config: &VmConfig, start: Instant) -> Result<VmExitReason, VmmError> {
+pub fn run_vm(
+    config: &VmConfig,
+    start: Instant,
+    opts: &RunOptions,
+) -> Result<VmExitReason, VmmError> {
     let sigfd = stop_signalfd()?;
     let built = build_vm(config, start)?;
+    drive(config.clone(), built, start, opts, sigfd, None)
+}
 
-    let exit = Arc::new(ExitSignal::new()?);
-    let stop = Arc::new(AtomicBool::new(false));
-    let ctx = VcpuContext {
-        pio_bus: built.devices.pio_bus.clone(),
-        mmio_bus: built.devices.mmio_bus.clone(),
-        stop: stop.clone(),
-        exit: exit.clone(),
-    };
+/// Restores the VM saved in `dir` in this process and runs it to its end.
+pub fn restore_and_run(
+    dir: &Path,
+    start: Instant,
+    opts: &RunOptions,
+) -> Result<VmExitReason, VmmError> {
+    let sigfd = stop_signalfd()?;
+    let (built, config) = restore_vm(dir, start)?;
+    drive(config, built, start, opts, sigfd, Some(dir.to_path_buf()))
+}
 
+fn drive(
+    config: VmConfig,
+    built: BuiltVm,
+    start: Instant,
+    opts: &RunOptions,
+    sigfd: RawFd,
+    restored_from: Option<PathBuf>,
+) -> Result<VmExitReason, VmmError> {
+    let api = opts
+        .api_socket
+        .as_deref()
+        .map(spawn_api_server)
+        .transpose()?;
     let terminal = RawTerminal::enable(0);
     let escape_evt = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
     spawn_stdin_reader(
@@ -67,47 +99,48 @@ pub fn run_vm(config: &VmConfig, start: Instant) -> Result<VmExitReason, VmmErro
         name: "console-in".into(),
         source,
     })?;
-
-    let mut threads = Vec::with_capacity(built.vcpus.len());
-    for vcpu in built.vcpus {
-        threads.push(spawn_vcpu(vcpu, ctx.clone())?);
-    }
-
-    let reason = wait_for_end(
-        sigfd,
-        &exit,
-        &built.devices.reset_evt,
-        &built.devices.shutdown_evt,
-        &escape_evt,
-    )?;
-    stop_vcpus(&stop, threads);
+    let mut vmm = Vmm::start(config, built, start, opts.paused, restored_from)?;
+    tracing::info!(
+        elapsed_us = start.elapsed().as_micros() as u64,
+        "vCPUs started"
+    );
+    let result = control_loop(&mut vmm, sigfd, &escape_evt, api.as_ref());
+    vmm.stop();
     drop(terminal);
-    // SAFETY: closes the signalfd this function created and nobody else uses.
+    drop(api);
+    // SAFETY: closes the signalfd this module created and nobody else uses.
     unsafe { libc::close(sigfd) };
-    tracing::info!(%reason, "VM ended");
-    Ok(reason)
+    if let Ok(reason) = &result {
+        tracing::info!(%reason, "VM ended");
+    }
+    result
 }
 
-fn wait_for_end(
+const SIGNAL: u64 = 0;
+const VCPU_EXIT: u64 = 1;
+const RESET: u64 = 2;
+const SHUTDOWN: u64 = 3;
+const ESCAPE: u64 = 4;
+const API: u64 = 5;
+
+fn control_loop(
+    vmm: &mut Vmm,
     sigfd: RawFd,
-    exit: &ExitSignal,
-    reset_evt: &EventFd,
-    shutdown_evt: &EventFd,
     escape_evt: &EventFd,
+    api: Option<&ApiServer>,
 ) -> Result<VmExitReason, VmmError> {
-    const SIGNAL: u64 = 0;
-    const VCPU_EXIT: u64 = 1;
-    const RESET: u64 = 2;
-    const SHUTDOWN: u64 = 3;
-    const ESCAPE: u64 = 4;
     let epoll = Epoll::new().map_err(VmmError::Signals)?;
-    for (fd, token) in [
+    let mut fds = vec![
         (sigfd, SIGNAL),
-        (exit.evt.as_raw_fd(), VCPU_EXIT),
-        (reset_evt.as_raw_fd(), RESET),
-        (shutdown_evt.as_raw_fd(), SHUTDOWN),
+        (vmm.exit_signal().evt.as_raw_fd(), VCPU_EXIT),
+        (vmm.devices().reset_evt.as_raw_fd(), RESET),
+        (vmm.devices().shutdown_evt.as_raw_fd(), SHUTDOWN),
         (escape_evt.as_raw_fd(), ESCAPE),
-    ] {
+    ];
+    if let Some(api) = api {
+        fds.push((api.evt.as_raw_fd(), API));
+    }
+    for (fd, token) in fds {
         epoll
             .ctl(
                 ControlOperation::Add,
@@ -118,11 +151,19 @@ fn wait_for_end(
     }
     let mut events = vec![EpollEvent::default(); 8];
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        let timeout_ms = match vmm.shutdown_deadline() {
+            Some(d) => d.saturating_duration_since(Instant::now()).as_millis() as i32,
+            None => -1,
+        };
+        let n = match epoll.wait(timeout_ms, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(VmmError::Signals(e)),
         };
+        if n == 0 && vmm.shutdown_deadline().is_some() {
+            tracing::warn!("guest did not shut down in time; stopping it");
+            return Ok(VmExitReason::Stopped);
+        }
         for ev in &events[..n] {
             match ev.data() {
                 SIGNAL => {
@@ -131,17 +172,60 @@ fn wait_for_end(
                     return Ok(VmExitReason::Stopped);
                 }
                 VCPU_EXIT => {
-                    let _ = exit.evt.read();
-                    if let Some(reason) = exit.take() {
+                    let _ = vmm.exit_signal().evt.read();
+                    if let Some(reason) = vmm.exit_signal().take() {
                         return Ok(reason);
                     }
                 }
                 RESET => return Ok(VmExitReason::Reset),
                 SHUTDOWN => return Ok(VmExitReason::PowerOff),
                 ESCAPE => return Ok(VmExitReason::Stopped),
+                API => {
+                    if let Some(api) = api {
+                        let _ = api.evt.read();
+                        while let Ok((req, reply)) = api.requests.try_recv() {
+                            let (response, end) = handle_api(vmm, req);
+                            let _ = reply.send(response);
+                            if end {
+                                return Ok(VmExitReason::Stopped);
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
         }
+    }
+}
+
+/// Carries out one API request; the flag says the VM must end now.
+fn handle_api(vmm: &mut Vmm, req: ApiRequest) -> (Response, bool) {
+    let fail = |e: crate::vm::VmActionError| error_response(e.status(), e.to_string());
+    match req {
+        ApiRequest::Info => (json_response(200, &vmm.info()), false),
+        ApiRequest::Metrics => (Response::json(200, vmm.metrics().into_bytes()), false),
+        ApiRequest::Pause => match vmm.pause() {
+            Ok(()) => (json_response(200, &vmm.info()), false),
+            Err(e) => (fail(e), false),
+        },
+        ApiRequest::Resume => match vmm.resume() {
+            Ok(()) => (json_response(200, &vmm.info()), false),
+            Err(e) => (fail(e), false),
+        },
+        ApiRequest::Reboot => match vmm.reboot() {
+            Ok(()) => (json_response(200, &vmm.info()), false),
+            Err(e) => (fail(e), false),
+        },
+        ApiRequest::Shutdown { timeout_ms } => {
+            match vmm.shutdown(Duration::from_millis(timeout_ms)) {
+                Ok(now) => (json_response(200, &vmm.info()), now),
+                Err(e) => (fail(e), false),
+            }
+        }
+        ApiRequest::Snapshot { path } => match vmm.snapshot(Path::new(&path)) {
+            Ok(info) => (json_response(200, &info), false),
+            Err(e) => (fail(e), false),
+        },
     }
 }
 

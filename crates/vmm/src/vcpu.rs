@@ -1,14 +1,17 @@
-//! vCPU threads: each runs `KVM_RUN` in a loop and dispatches port and MMIO exits to the
-//! buses. Exits that end the VM are reported through [`ExitSignal`]; the control loop stops
-//! the others by setting the stop flag and kicking the threads out of `KVM_RUN` with a signal.
+//! vCPU threads: each runs `KVM_RUN` in a loop, dispatches port and MMIO exits to the buses,
+//! and obeys commands (pause, resume, save state) sent by the control loop. A command is
+//! delivered by a message plus a signal that kicks the thread out of `KVM_RUN`; the sender
+//! repeats the kick until the thread answers, which closes the race with a thread that was
+//! about to enter the guest. Exits that end the VM are reported through [`ExitSignal`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use devices::Bus;
-use hv::{Vcpu, VmExit};
+use hv::{Vcpu, VcpuState, VmExit};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -18,6 +21,8 @@ use crate::{VmExitReason, VmmError};
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const SYSTEM_EVENT_RESET: u32 = 2;
 const SYSTEM_EVENT_CRASH: u32 = 3;
+/// How long a vCPU gets to answer a command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The first reason the VM has to end, and an eventfd that wakes the control loop.
 pub struct ExitSignal {
@@ -54,6 +59,71 @@ pub struct VcpuContext {
     pub mmio_bus: Arc<Bus>,
     pub stop: Arc<AtomicBool>,
     pub exit: Arc<ExitSignal>,
+    /// Exits handled in userspace, for the API's counters.
+    pub io_exits: Arc<AtomicU64>,
+}
+
+/// A request to a vCPU thread.
+#[derive(Debug)]
+pub enum VcpuCommand {
+    Pause,
+    Resume,
+    /// Read the complete vCPU state (the vCPU must be paused); the MSRs to save.
+    SaveState(Arc<Vec<u32>>),
+}
+
+/// A vCPU thread's answer.
+#[derive(Debug)]
+pub enum VcpuResponse {
+    Paused,
+    Resumed,
+    State(Box<VcpuState>),
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("vCPU {0} has stopped")]
+    Gone(u8),
+    #[error("vCPU {0} did not answer within {COMMAND_TIMEOUT:?}")]
+    Timeout(u8),
+}
+
+/// The control side of one vCPU thread.
+pub struct VcpuHandle {
+    id: u8,
+    thread: JoinHandle<()>,
+    commands: Sender<VcpuCommand>,
+    responses: Receiver<VcpuResponse>,
+}
+
+impl VcpuHandle {
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// Sends `cmd` and waits for the answer, kicking the thread out of the guest meanwhile.
+    pub fn request(&self, cmd: VcpuCommand) -> Result<VcpuResponse, VcpuError> {
+        self.commands
+            .send(cmd)
+            .map_err(|_| VcpuError::Gone(self.id))?;
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let _ = self.thread.kill(kick_signal());
+            match self.responses.recv_timeout(Duration::from_millis(2)) {
+                Ok(r) => return Ok(r),
+                Err(RecvTimeoutError::Disconnected) => return Err(VcpuError::Gone(self.id)),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.thread.is_finished() {
+                        return Err(VcpuError::Gone(self.id));
+                    }
+                    if Instant::now() > deadline {
+                        return Err(VcpuError::Timeout(self.id));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
@@ -73,51 +143,138 @@ fn install_kick_handler() -> Result<(), VmmError> {
     result
 }
 
-/// Runs `vcpu` on its own thread until the VM stops.
-pub fn spawn_vcpu(vcpu: Vcpu, ctx: VcpuContext) -> Result<JoinHandle<()>, VmmError> {
+/// Runs `vcpu` on its own thread until the VM stops; it starts paused if `paused`.
+pub fn spawn_vcpu(vcpu: Vcpu, ctx: VcpuContext, paused: bool) -> Result<VcpuHandle, VmmError> {
     install_kick_handler()?;
-    let name = format!("vcpu{}", vcpu.id());
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || run_loop(vcpu, &ctx))
-        .map_err(|source| VmmError::Thread { name, source })
-}
-
-fn fill_unmapped(data: &mut [u8]) {
-    data.fill(0xff);
-}
-
-fn run_loop(mut vcpu: Vcpu, ctx: &VcpuContext) {
     let id = vcpu.id();
-    while !ctx.stop.load(Ordering::Acquire) {
-        let exit = match vcpu.run() {
+    let name = format!("vcpu{id}");
+    let (cmd_tx, cmd_rx) = channel();
+    let (resp_tx, resp_rx) = channel();
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let mut thread = VcpuThread {
+                vcpu,
+                ctx,
+                commands: cmd_rx,
+                responses: resp_tx,
+                paused,
+            };
+            thread.run();
+        })
+        .map_err(|source| VmmError::Thread { name, source })?;
+    Ok(VcpuHandle {
+        id,
+        thread,
+        commands: cmd_tx,
+        responses: resp_rx,
+    })
+}
+
+struct VcpuThread {
+    vcpu: Vcpu,
+    ctx: VcpuContext,
+    commands: Receiver<VcpuCommand>,
+    responses: Sender<VcpuResponse>,
+    paused: bool,
+}
+
+impl VcpuThread {
+    fn run(&mut self) {
+        loop {
+            if !self.handle_commands() || self.ctx.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if let Some(reason) = self.run_once() {
+                self.ctx.exit.set(reason);
+                return;
+            }
+        }
+    }
+
+    /// Handles pending commands (blocking while paused). Returns false when the control side
+    /// is gone and the thread must end.
+    fn handle_commands(&mut self) -> bool {
+        loop {
+            let cmd = if self.paused {
+                match self.commands.recv() {
+                    Ok(c) => c,
+                    Err(_) => return false,
+                }
+            } else {
+                match self.commands.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => return true,
+                    Err(TryRecvError::Disconnected) => return false,
+                }
+            };
+            let response = match cmd {
+                VcpuCommand::Pause => {
+                    self.complete_pending_io();
+                    self.paused = true;
+                    VcpuResponse::Paused
+                }
+                VcpuCommand::Resume => {
+                    self.paused = false;
+                    VcpuResponse::Resumed
+                }
+                VcpuCommand::SaveState(msrs) => match self.vcpu.save_state(&msrs) {
+                    Ok(s) => VcpuResponse::State(Box::new(s)),
+                    Err(e) => VcpuResponse::Error(e.to_string()),
+                },
+            };
+            if self.responses.send(response).is_err() {
+                return false;
+            }
+            if self.ctx.stop.load(Ordering::Acquire) {
+                return false;
+            }
+        }
+    }
+
+    /// Re-enters KVM with `immediate_exit` set so KVM finishes an I/O instruction whose exit
+    /// was handled, without running guest code; the saved state is then consistent.
+    fn complete_pending_io(&mut self) {
+        self.vcpu.set_immediate_exit(true);
+        let _ = self.vcpu.run();
+        self.vcpu.set_immediate_exit(false);
+    }
+
+    /// One `KVM_RUN`; returns why the VM must end, if it must.
+    fn run_once(&mut self) -> Option<VmExitReason> {
+        let id = self.vcpu.id();
+        let ctx = &self.ctx;
+        let exit = match self.vcpu.run() {
             Ok(exit) => exit,
             Err(e) => {
-                ctx.exit.set(VmExitReason::KvmError {
+                return Some(VmExitReason::KvmError {
                     vcpu: id,
                     detail: e.to_string(),
-                });
-                return;
+                })
             }
         };
         let end = match exit {
             VmExit::IoIn { port, data } => {
+                ctx.io_exits.fetch_add(1, Ordering::Relaxed);
                 if !ctx.pio_bus.read(u64::from(port), data) {
-                    fill_unmapped(data);
+                    data.fill(0xff);
                 }
                 None
             }
             VmExit::IoOut { port, data } => {
+                ctx.io_exits.fetch_add(1, Ordering::Relaxed);
                 ctx.pio_bus.write(u64::from(port), data);
                 None
             }
             VmExit::MmioRead { addr, data } => {
+                ctx.io_exits.fetch_add(1, Ordering::Relaxed);
                 if !ctx.mmio_bus.read(addr, data) {
-                    fill_unmapped(data);
+                    data.fill(0xff);
                 }
                 None
             }
             VmExit::MmioWrite { addr, data } => {
+                ctx.io_exits.fetch_add(1, Ordering::Relaxed);
                 ctx.mmio_bus.write(addr, data);
                 None
             }
@@ -146,25 +303,25 @@ fn run_loop(mut vcpu: Vcpu, ctx: &VcpuContext) {
                 detail: format!("unhandled exit: {what}"),
             }),
         };
-        if let Some(mut reason) = end {
+        end.map(|mut reason| {
             if let VmExitReason::KvmError { detail, .. } = &mut reason {
-                if let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) {
+                if let (Ok(regs), Ok(sregs)) = (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
                     detail.push_str(&format!(
                         " at rip {:#x} (cr0 {:#x}, efer {:#x})",
                         regs.rip, sregs.cr0, sregs.efer
                     ));
                 }
             }
-            ctx.exit.set(reason);
-            return;
-        }
+            reason
+        })
     }
 }
 
-/// Stops every vCPU thread: sets the stop flag, then kicks the threads out of `KVM_RUN`
-/// until they have all returned (a kick that lands just before `KVM_RUN` is repeated).
-pub fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+/// Stops every vCPU thread: sets the stop flag, closes their command channels (which ends a
+/// paused thread) and kicks running ones out of `KVM_RUN` until they have all returned.
+pub fn stop_vcpus(stop: &AtomicBool, handles: Vec<VcpuHandle>) {
     stop.store(true, Ordering::Release);
+    let threads: Vec<JoinHandle<()>> = handles.into_iter().map(|h| h.thread).collect();
     for _ in 0..400 {
         if threads.iter().all(|t| t.is_finished()) {
             break;

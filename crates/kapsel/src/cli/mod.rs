@@ -20,12 +20,27 @@ pub struct Cli {
 pub enum Command {
     /// Boot one virtual machine in the foreground, its serial console on stdin/stdout.
     Run(Box<run::RunArgs>),
+    /// Restore a VM from a snapshot directory in this process and run it in the foreground.
+    Restore(restore::RestoreArgs),
+    /// Control a running VM through its API socket (info, pause, resume, snapshot, …).
+    Vm(vm::VmArgs),
     /// OCI runtime commands (create, start, state, kill, delete) for container bundles.
     Oci(oci::OciArgs),
+    /// Containers without the daemon: `container run` in the foreground.
+    Container(self::container::ContainerArgs),
+    /// Run the host daemon in the foreground: owns every guest, REST API on a UNIX socket.
+    Daemon(daemon::DaemonArgs),
+    #[command(flatten)]
+    Instance(instance::InstanceCommand),
 }
 
+mod daemon;
+mod instance;
+mod container;
 mod oci;
+mod restore;
 mod run;
+mod vm;
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
@@ -34,7 +49,12 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log);
     match cli.command {
         Command::Run(args) => run::run(*args, start),
+        Command::Restore(args) => restore::run(args, start),
+        Command::Vm(args) => vm::run(args),
         Command::Oci(args) => oci::run(args),
+        Command::Container(args) => self::container::run(args),
+        Command::Daemon(args) => daemon::run(args),
+        Command::Instance(cmd) => instance::run(cmd),
     }
 }
 

@@ -29,31 +29,52 @@ pub struct RunArgs {
     /// Print a timestamp (since process start) for every byte the guest writes to port 0x80.
     #[arg(long)]
     pub boot_timer: bool,
+    /// The serial console: `stdio` (stdin/stdout) or `socket:PATH` (a UNIX socket one client
+    /// at a time attaches to; recent output is replayed to a client that attaches later).
+    #[arg(long, default_value = "stdio", value_parser = parse_console)]
+    pub console: ConsoleArg,
+    /// A network card on a TAP (repeatable):
+    /// `tap=NAME|auto[,mac=MAC][,ip=ADDR/PREFIX][,bw=BYTES/s][,ops=N/s][,rx_bw=…][,tx_bw=…]…`.
+    #[arg(long = "net", value_name = "OPTIONS")]
+    pub nets: Vec<String>,
+    /// A vsock device: `cid=N,socket=PATH` (host-initiated: `CONNECT <port>` on PATH;
+    /// guest-initiated to port P: PATH_P).
+    #[arg(long, value_name = "OPTIONS")]
+    pub vsock: Option<String>,
+    /// A virtio-blk disk on a raw image file (repeatable; the first is /dev/vda):
+    /// `path=FILE[,readonly=on][,id=NAME]` (id: also the disk's serial; default diskN).
+    #[arg(long = "disk", value_name = "OPTIONS")]
+    pub disks: Vec<String>,
+    /// Add a virtio entropy device fed from the host's getrandom (off by default).
+    #[arg(long)]
+    pub rng: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
-fn config(args: RunArgs) -> Result<VmConfig, vmm::config::ConfigError> {
-    let memory = if args.memory.is_empty() {
-        DEFAULT_MEMORY
-    } else {
-        parse_size(&args.memory)?
-    };
-    Ok(VmConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        cpus: args.cpus,
-        memory,
-        boot_timer: args.boot_timer,
-    })
+/// How the VMM process itself is driven (shared by `run` and `restore`).
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Serve the per-VM control API (REST/JSON) on this UNIX socket.
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
+    /// Start with the vCPUs paused; resume through the API.
+    #[arg(long)]
+    pub paused: bool,
 }
 
-/// Runs the VM and maps its end to the process exit code; errors are one line on stderr.
-pub fn run(args: RunArgs, start: Instant) -> ExitCode {
-    let config = match config(args) {
-        Ok(c) => c,
-        Err(e) => return super::fail(&e, code::CONFIG_ERROR),
-    };
-    match vmm::run_vm(&config, start) {
+impl ControlArgs {
+    pub fn options(&self) -> vmm::RunOptions {
+        vmm::RunOptions {
+            api_socket: self.api_socket.clone(),
+            paused: self.paused,
+        }
+    }
+}
+
+/// Maps the end of a VM run to the process exit code; errors are one line on stderr.
+pub fn finish(result: Result<vmm::VmExitReason, vmm::VmmError>) -> ExitCode {
+    match result {
         Ok(reason) => {
             if reason.is_failure() {
                 eprintln!("kapsel: {reason}");
@@ -61,5 +82,68 @@ pub fn run(args: RunArgs, start: Instant) -> ExitCode {
             ExitCode::from(reason.exit_code())
         }
         Err(e) => super::fail(&e, code::CONFIG_ERROR),
+    }
+}
+
+fn config(args: &RunArgs) -> Result<VmConfig, vmm::config::ConfigError> {
+    let memory = if args.memory.is_empty() {
+        DEFAULT_MEMORY
+    } else {
+        parse_size(&args.memory)?
+    };
+    Ok(VmConfig {
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
+        cpus: args.cpus,
+        memory,
+        boot_timer: args.boot_timer,
+        nets: args
+            .nets
+            .iter()
+            .map(|n| vmm::net_config::parse_net(n))
+            .collect::<Result<_, _>>()?,
+        vsock: args
+            .vsock
+            .as_deref()
+            .map(vmm::net_config::parse_vsock)
+            .transpose()?,
+        disks: args
+            .disks
+            .iter()
+            .map(|d| vmm::disk_config::parse_disk(d))
+            .collect::<Result<_, _>>()?,
+        rng: args.rng,
+    })
+}
+
+/// Runs the VM and maps its end to the process exit code; errors are one line on stderr.
+pub fn run(args: RunArgs, start: Instant) -> ExitCode {
+    let config = match config(&args) {
+        Ok(c) => c,
+        Err(e) => return super::fail(&e, code::CONFIG_ERROR),
+    };
+    if let ConsoleArg::Socket(path) = &args.console {
+        vmm::console::use_socket(path.clone());
+    }
+    let code = finish(vmm::run_vm(&config, start, &args.control.options()));
+    vmm::console::remove_socket();
+    code
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleArg {
+    Stdio,
+    Socket(PathBuf),
+}
+
+fn parse_console(s: &str) -> Result<ConsoleArg, String> {
+    match s.split_once(':') {
+        None if s == "stdio" => Ok(ConsoleArg::Stdio),
+        Some(("socket", path)) if !path.is_empty() => Ok(ConsoleArg::Socket(PathBuf::from(path))),
+        _ => Err(format!(
+            "invalid console {s:?}: expected stdio or socket:PATH"
+        )),
     }
 }

@@ -173,7 +173,14 @@ impl DiskFile {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         for s in segs {
-            self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, s)?;
+            // Filesystems without hole punching (ramfs) get zeros instead: a discarded
+            // range may read back as anything, zeros included.
+            if self
+                .fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, s)
+                .is_err()
+            {
+                self.write_zero_bytes(s)?;
+            }
         }
         Ok(())
     }

@@ -93,11 +93,20 @@ fn table(name: &str) -> String {
     format!("kapsel_{name}").replace('-', "_")
 }
 
-/// True when the bridge exists and is up.
+/// True when the link exists in this process's network namespace (asked through `ip`, not
+/// sysfs, which shows the namespace that mounted it).
+pub fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["-o", "link", "show", "dev", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// True when the bridge exists.
 pub fn is_active(bridge: &str) -> bool {
-    std::fs::read_to_string(format!("/sys/class/net/{bridge}/operstate"))
-        .is_ok_and(|s| s.trim() != "down")
-        || Path::new(&format!("/sys/class/net/{bridge}")).exists()
+    link_exists(bridge)
 }
 
 /// The nftables ruleset for a network: masquerade and forward for its subnet.
@@ -125,7 +134,7 @@ pub fn nft_rules(net: &Network, subnet: &Subnet) -> String {
 pub fn activate(state: &Path, net: &Network) -> Result<()> {
     let subnet = Subnet::parse(&net.address)?;
     let br = net.bridge.as_str();
-    if !Path::new(&format!("/sys/class/net/{br}")).exists() {
+    if !link_exists(br) {
         run("ip", &["link", "add", br, "type", "bridge"])?;
     }
     let addr = subnet.to_string();
@@ -155,7 +164,17 @@ fn dnsmasq_pid(dir: &Path) -> Option<i32> {
         .parse()
         .ok()?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    (comm.trim() == "dnsmasq").then_some(pid)
+    (comm.trim() == "dnsmasq" && crate::process::start_time(pid).is_some()).then_some(pid)
+}
+
+/// Restarts the network's dnsmasq if it died (called by the supervisor).
+pub fn ensure_dnsmasq(state: &Path, net: &Network) -> Result<()> {
+    let dir = net_dir(state, &net.name);
+    if dnsmasq_pid(&dir).is_some() || !link_exists(&net.bridge) {
+        return Ok(());
+    }
+    tracing::warn!(network = %net.name, "dnsmasq is gone; starting it again");
+    start_dnsmasq(&dir, net, &Subnet::parse(&net.address)?)
 }
 
 fn start_dnsmasq(dir: &Path, net: &Network, subnet: &Subnet) -> Result<()> {
@@ -217,7 +236,7 @@ fn fnv(s: &str) -> u64 {
 
 /// Creates a persistent TAP (with virtio-net headers) on `bridge`, if it is not there yet.
 pub fn ensure_tap(tap: &str, bridge: &str) -> Result<()> {
-    if !Path::new(&format!("/sys/class/net/{tap}")).exists() {
+    if !link_exists(tap) {
         run(
             "ip",
             &["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"],

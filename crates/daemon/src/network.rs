@@ -93,6 +93,18 @@ pub fn restore(d: &Daemon) {
     }
 }
 
+/// Brings back any network's dnsmasq that died.
+pub fn supervise(d: &Daemon) {
+    let Ok(nets) = d.db().networks() else {
+        return;
+    };
+    for net in nets {
+        if let Err(e) = netsetup::ensure_dnsmasq(&d.config.state_dir, &net) {
+            tracing::warn!(network = %net.name, error = %e.line(), "cannot restart dnsmasq");
+        }
+    }
+}
+
 /// Per-bridge traffic counters.
 pub fn render_metrics(d: &Daemon, out: &mut String) {
     let Ok(nets) = d.db().networks() else {

@@ -133,7 +133,12 @@ pub fn backoff(base: Duration, failures: u32) -> Duration {
 /// Runs the supervisor loop forever (its own thread).
 pub fn run(d: Arc<Daemon>) {
     let mut failures: HashMap<String, u32> = HashMap::new();
+    let mut last_net_check = Instant::now();
     loop {
+        if last_net_check.elapsed() >= Duration::from_secs(2) {
+            last_net_check = Instant::now();
+            crate::network::supervise(&d);
+        }
         for pid in d.watcher.wait(Duration::from_millis(200)) {
             on_exit(&d, pid, &mut failures);
         }

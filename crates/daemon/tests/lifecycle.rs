@@ -70,6 +70,18 @@ fn launch_list_console_stop_start_restart_delete() {
         "{procs}"
     );
 
+    // Prometheus metrics carry the guest's counters.
+    let m = c.metrics().unwrap();
+    for line in [
+        "kapsel_instance_up{name=\"web-1\"} 1",
+        "kapsel_instance_cpu_seconds_total{name=\"web-1\"}",
+        "kapsel_instance_memory_bytes{name=\"web-1\"}",
+        "kapsel_instance_disk_read_bytes_total{name=\"web-1\"}",
+        "kapsel_daemon_rss_bytes",
+    ] {
+        assert!(m.contains(line), "{line} missing in\n{m}");
+    }
+
     let stopped = c.stop("web-1", false).unwrap();
     assert_eq!(stopped.status, InstanceStatus::Stopped);
     assert!(!alive(pid));

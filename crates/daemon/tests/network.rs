@@ -164,6 +164,25 @@ fn bridge_dhcp_dns_nat_and_guest_to_guest() {
             .trim()
             .parse()
             .unwrap();
+    // dnsmasq is supervised: killed, it comes back.
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(dnsmasq_pid, libc::SIGKILL) };
+    let pid_file = d.dir.path().join("state/networks/t1/dnsmasq.pid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    let dnsmasq_pid = loop {
+        let now: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if now != dnsmasq_pid && common::alive(now) {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dnsmasq was not restarted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     d.client().delete_network("t1").unwrap();
     assert!(!sh(&format!("{ns} ip link show kapsel-t1")).0);
     assert!(!sh(&format!("{ns} nft list table ip kapsel_t1")).0);

@@ -65,15 +65,15 @@ fn one_line_error(boot: &Boot, needle: &str) {
 #[test]
 fn testbed_net_ping_and_100mb_each_way_over_tap() {
     let guest_cmds = format!(
-        "ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; \
+        "mkdir -p /data; ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; \
          ping -c 3 -W 5 10.0.2.1 >/dev/null; echo PING-RC=$?; \
-         dd if=/dev/urandom of=/tmp/g2h bs=1M count={MB} 2>/dev/null; \
-         echo G2H-GUEST-MD5 $(md5sum < /tmp/g2h); \
-         t0=$(cut -d. -f1 /proc/uptime); nc 10.0.2.1 5001 < /tmp/g2h; \
-         echo G2H-SECONDS $(( $(cut -d. -f1 /proc/uptime) - t0 )); rm /tmp/g2h; \
-         t0=$(cut -d. -f1 /proc/uptime); nc -l -p 5002 < /dev/null > /tmp/h2g; \
+         dd if=/dev/urandom of=/data/g2h bs=1M count={MB}; \
+         echo G2H-GUEST-MD5 $(md5sum < /data/g2h); \
+         t0=$(cut -d. -f1 /proc/uptime); nc 10.0.2.1 5001 < /data/g2h; \
+         echo G2H-SECONDS $(( $(cut -d. -f1 /proc/uptime) - t0 )); rm /data/g2h; \
+         t0=$(cut -d. -f1 /proc/uptime); nc -l -p 5002 -e sh -c \"cat > /data/h2g\"; \
          echo H2G-SECONDS $(( $(cut -d. -f1 /proc/uptime) - t0 )); \
-         echo H2G-GUEST-MD5 $(md5sum < /tmp/h2g); echo H2G-GUEST-BYTES $(wc -c < /tmp/h2g); \
+         echo H2G-GUEST-MD5 $(md5sum < /data/h2g); echo H2G-GUEST-BYTES $(wc -c < /data/h2g); \
          grep -c virtio /proc/interrupts | sed 's/^/VIRTIO-IRQ-LINES /'; \
          poweroff -f"
     );
@@ -81,7 +81,7 @@ fn testbed_net_ping_and_100mb_each_way_over_tap() {
         r#"
 dd if=/dev/urandom of=/tmp/h2g bs=1M count={MB} 2>/dev/null
 echo "H2G-HOST-MD5 $(md5sum < /tmp/h2g)"
-(nc -l -p 5001 < /dev/null > /tmp/g2h; echo "G2H-HOST-MD5 $(md5sum < /tmp/g2h)"; echo "G2H-HOST-BYTES $(wc -c < /tmp/g2h)"; rm -f /tmp/g2h) &
+(nc -l -p 5001 -e sh -c 'cat > /tmp/g2h'; echo "G2H-HOST-MD5 $(md5sum < /tmp/g2h)"; echo "G2H-HOST-BYTES $(wc -c < /tmp/g2h)"; rm -f /tmp/g2h) &
 (i=0; while [ $i -lt 900 ]; do
    if nc 10.0.2.15 5002 < /tmp/h2g 2>/dev/null; then echo H2G-HOST-SENT; break; fi
    sleep 1; i=$((i+1)); done) &

@@ -8,9 +8,8 @@
 //! A missing /dev/kvm fails these tests: they are the VMM's core checks, never skipped.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A run is killed after this long (a healthy one takes well under a second).
@@ -20,100 +19,21 @@ const GIB: u64 = 1 << 30;
 /// The legacy gap [0x9fc00, 1 MiB) is not RAM: the e820 RAM total is the size minus this.
 const LEGACY_GAP: u64 = 0x10_0000 - 0x9_fc00;
 
-#[derive(Clone, Copy, Debug)]
-enum Entry {
-    Pvh,
-    Elf64,
+use test_infra::{require_kvm, test_guest, TestGuestEntry as Entry};
+
+fn entry_name(entry: Entry) -> &'static str {
+    match entry {
+        Entry::Pvh => "pvh",
+        Entry::Elf64 => "elf64",
+    }
 }
 
-impl Entry {
-    fn name(self) -> &'static str {
-        match self {
-            Entry::Pvh => "pvh",
-            Entry::Elf64 => "elf64",
-        }
-    }
+fn guest(entry: Entry) -> PathBuf {
+    test_guest(entry)
 }
 
 // ---------------------------------------------------------------------------------------
 // Harness: guest ELFs, running kapsel with a timeout, reading facts.
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Newest modification time of the guest's sources (and its build script).
-fn newest_source(dir: &Path) -> SystemTime {
-    let mut newest = UNIX_EPOCH;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return newest;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.file_name().is_some_and(|n| n == "target") {
-            continue;
-        }
-        let t = if p.is_dir() {
-            newest_source(&p)
-        } else {
-            e.metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(UNIX_EPOCH)
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-/// The two guest ELFs, (re)built once per test process when missing or stale.
-fn guest(entry: Entry) -> PathBuf {
-    static GUESTS: OnceLock<[PathBuf; 2]> = OnceLock::new();
-    let [pvh, elf64] = GUESTS.get_or_init(|| {
-        let root = repo_root();
-        let target = std::env::var_os("TEST_GUEST_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target/test-guest"));
-        let dir = target.join("x86_64-unknown-linux-gnu/release");
-        let bins = [dir.join("test-guest-pvh"), dir.join("test-guest-elf64")];
-        let sources = newest_source(&root.join("guests/test-guest"))
-            .max(newest_source(&root.join("scripts/build-test-guest.sh")));
-        let stale = bins.iter().any(|b| {
-            std::fs::metadata(b)
-                .and_then(|m| m.modified())
-                .map_or(true, |t| t < sources)
-        });
-        if stale {
-            let out = Command::new(root.join("scripts/build-test-guest.sh"))
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run scripts/build-test-guest.sh");
-            assert!(
-                out.status.success(),
-                "scripts/build-test-guest.sh failed: {}",
-                out.status
-            );
-        }
-        for b in &bins {
-            assert!(b.is_file(), "test guest {} was not built", b.display());
-        }
-        bins
-    });
-    match entry {
-        Entry::Pvh => pvh.clone(),
-        Entry::Elf64 => elf64.clone(),
-    }
-}
-
-/// Fails loudly when /dev/kvm is unusable: these tests must not silently pass without it.
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("/dev/kvm is required for these tests and cannot be opened: {e}");
-    }
-}
 
 #[derive(Debug)]
 struct Run {
@@ -331,7 +251,7 @@ fn both_entries_see_the_command_line_and_rsdp() {
     for entry in [Entry::Pvh, Entry::Elf64] {
         let run = boot(entry, "bootinfo", 1, "128M");
         run.assert_pass("bootinfo");
-        assert_eq!(run.fact("entry"), entry.name());
+        assert_eq!(run.fact("entry"), entry_name(entry));
         assert_eq!(run.fact("cmdline"), "test=bootinfo");
         assert_ne!(run.num("rsdp"), 0, "{:?}: no RSDP in the boot info", entry);
     }

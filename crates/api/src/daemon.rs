@@ -10,6 +10,8 @@
 //! - `POST /v1/instances/{name}/copy` [`CopyRequest`] → 201 [`Instance`]
 //! - `GET /v1/images`, `POST /v1/images` [`ImportImage`], `DELETE /v1/images/{name}`
 //! - `GET /v1/networks`, `POST /v1/networks` [`CreateNetwork`], `DELETE /v1/networks/{name}`
+//! - `GET|POST /v1/instances/{name}/snapshots` ([`CreateSnapshot`]) → [`Snapshot`]s;
+//!   `DELETE /v1/instances/{name}/snapshots/{snapshot}`
 //! - `GET /v1/events` (`?follow=true` streams newline-delimited [`Event`]s)
 //! - `GET /metrics` (Prometheus text format)
 
@@ -241,6 +243,24 @@ pub struct StopRequest {
 #[serde(deny_unknown_fields)]
 pub struct CopyRequest {
     pub new_name: String,
+}
+
+/// A snapshot of a running instance (its VMM's state and memory files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub instance: String,
+    pub name: String,
+    pub created_at: i64,
+    /// The snapshot directory on the daemon's host.
+    pub path: String,
+}
+
+/// `POST /v1/instances/{name}/snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    pub name: String,
 }
 
 /// A bootable image in the storage pool.

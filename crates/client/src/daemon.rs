@@ -4,8 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 
 use api::daemon::{
-    CopyRequest, CreateInstance, CreateNetwork, Event, HostInfo, Image, ImportImage, Instance,
-    InstanceUpdate, Network, StopRequest,
+    CopyRequest, CreateInstance, CreateNetwork, CreateSnapshot, Event, HostInfo, Image,
+    ImportImage, Instance, InstanceUpdate, Network, Snapshot, StopRequest,
 };
 
 use crate::{ClientError, Endpoint};
@@ -101,6 +101,33 @@ impl DaemonClient {
             new_name: new_name.to_string(),
         };
         self.endpoint.request("POST", &path, Some(&req))
+    }
+
+    pub fn snapshots(&self, n: &str) -> Result<Vec<Snapshot>, ClientError> {
+        let path = format!("/v1/instances/{}/snapshots", name(n)?);
+        self.endpoint.request::<(), _>("GET", &path, None)
+    }
+
+    pub fn create_snapshot(&self, n: &str, snap: &str) -> Result<Snapshot, ClientError> {
+        let path = format!("/v1/instances/{}/snapshots", name(n)?);
+        let req = CreateSnapshot {
+            name: snap.to_string(),
+        };
+        self.endpoint.request("POST", &path, Some(&req))
+    }
+
+    pub fn delete_snapshot(&self, n: &str, snap: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/instances/{}/snapshots/{}", name(n)?, name(snap)?);
+        self.endpoint.request::<(), ()>("DELETE", &path, None)
+    }
+
+    pub fn restore_snapshot(&self, n: &str, snap: &str) -> Result<Instance, ClientError> {
+        let path = format!(
+            "/v1/instances/{}/snapshots/{}/restore",
+            name(n)?,
+            name(snap)?
+        );
+        self.endpoint.request::<(), _>("POST", &path, None)
     }
 
     pub fn images(&self) -> Result<Vec<Image>, ClientError> {

@@ -393,6 +393,42 @@ impl Db {
         Ok(())
     }
 
+    // ---- snapshots ----
+
+    pub fn insert_snapshot(&mut self, instance: &str, name: &str, created_at: i64) -> Result<()> {
+        let r = self.conn.execute(
+            "INSERT INTO snapshots (instance, name, created_at) VALUES (?1, ?2, ?3)",
+            params![instance, name, created_at],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(DaemonError::Conflict(format!(
+                "snapshot '{name}' of '{instance}' already exists"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// (name, created_at) of an instance's snapshots, oldest first.
+    pub fn snapshots(&self, instance: &str) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, created_at FROM snapshots WHERE instance = ?1 ORDER BY created_at, name",
+        )?;
+        let rows = stmt.query_map([instance], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn delete_snapshot(&mut self, instance: &str, name: &str) -> Result<()> {
+        let n = self.conn.execute(
+            "DELETE FROM snapshots WHERE instance = ?1 AND name = ?2",
+            params![instance, name],
+        )?;
+        if n == 0 {
+            return Err(DaemonError::not_found("snapshot", name));
+        }
+        Ok(())
+    }
+
     // ---- events ----
 
     /// Appends an event and returns it with its id and time.

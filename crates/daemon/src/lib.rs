@@ -22,6 +22,7 @@ pub mod ops;
 pub mod process;
 pub mod routes;
 pub mod server;
+pub mod snapshots;
 pub mod state;
 pub mod supervisor;
 

@@ -1,6 +1,8 @@
 //! Maps one HTTP request to a daemon operation and its answer.
 
-use api::daemon::{CopyRequest, CreateInstance, CreateNetwork, HostInfo, ImportImage};
+use api::daemon::{
+    CopyRequest, CreateInstance, CreateNetwork, CreateSnapshot, HostInfo, ImportImage,
+};
 use api::daemon::{InstanceStatus, InstanceUpdate, StopRequest};
 use kapsel_http::Response;
 use serde::de::DeserializeOwned;
@@ -8,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::{DaemonError, Result};
 use crate::state::Daemon;
-use crate::{images, metrics, network, ops};
+use crate::{images, metrics, network, ops, snapshots};
 
 /// What a handler produced: a JSON value, an empty answer, text, or an event stream.
 #[derive(Debug)]
@@ -100,11 +102,13 @@ pub fn route(d: &Daemon, method: &str, target: &str, raw: &[u8]) -> Result<Reply
         }
         (_, ["v1", "instances", _]) => Err(not_allowed(method, path)),
         ("POST", ["v1", "instances", name, action]) => instance_action(d, name, action, raw),
-        ("GET", ["v1", "instances", name, "snapshots"]) => {
-            d.db().instance(name)?;
-            Err(DaemonError::NotSupported(
-                "snapshots (they need the VMM's API)",
-            ))
+        ("GET", ["v1", "instances", name, "snapshots"]) => json(200, &snapshots::list(d, name)?),
+        ("DELETE", ["v1", "instances", name, "snapshots", snap]) => {
+            snapshots::delete(d, name, snap)?;
+            Ok(Reply::Empty)
+        }
+        ("POST", ["v1", "instances", name, "snapshots", snap, "restore"]) => {
+            snapshots::restore(d, name, snap)
         }
         (_, ["v1", "instances", _, _]) => Err(not_allowed(method, path)),
         ("GET", ["v1", "images"]) => json(200, &d.db().images()?),
@@ -160,8 +164,8 @@ fn instance_action(d: &Daemon, name: &str, action: &str, raw: &[u8]) -> Result<R
         "pause" => json(200, &ops::pause(d, name, true)?),
         "resume" => json(200, &ops::pause(d, name, false)?),
         "snapshots" => {
-            d.db().instance(name)?;
-            Err(DaemonError::NotSupported("snapshots through the daemon"))
+            let req: CreateSnapshot = body(raw)?;
+            json(201, &snapshots::create(d, name, &req.name)?)
         }
         _ => Err(DaemonError::NotFound {
             kind: "action",

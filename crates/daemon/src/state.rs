@@ -56,6 +56,9 @@ impl DaemonConfig {
     pub fn console_socket(&self, name: &str) -> PathBuf {
         self.instance_run_dir(name).join("console.sock")
     }
+    pub fn snapshot_dir(&self, name: &str, snapshot: &str) -> PathBuf {
+        self.instance_dir(name).join("snapshots").join(snapshot)
+    }
     pub fn vmm_log(&self, name: &str) -> PathBuf {
         self.instance_dir(name).join("vmm.log")
     }

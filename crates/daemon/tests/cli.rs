@@ -97,7 +97,11 @@ fn verbs_print_results_and_fail_with_one_line_and_distinct_codes() {
         (&["start", "cli-1"], 7, "already running"),
         (&["launch", "tg", "Bad_Name"], 1, "invalid instance name"),
         (&["config", "set", "cli-1", "colour=red"], 1, "unknown key"),
-        (&["snapshot", "list", "cli-1"], 8, "not supported"),
+        (
+            &["snapshot", "restore", "cli-1", "s1"],
+            6,
+            "snapshot 's1' not found",
+        ),
         (
             &["launch", "tg", "cli-1", "--memory", "64M"],
             7,

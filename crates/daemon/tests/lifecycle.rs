@@ -115,6 +115,38 @@ fn launch_list_console_stop_start_restart_delete() {
     assert_eq!(c.resume("web-1").unwrap().status, InstanceStatus::Running);
     assert_eq!(status_of(c.resume("web-1")), 409);
 
+    // Snapshots: taken through the VMM API (paused for it, running again after).
+    let ep = c.endpoint();
+    let r = ep
+        .request_raw(
+            "POST",
+            "/v1/instances/web-1/snapshots",
+            br#"{"name":"snap1"}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let snap: api::daemon::Snapshot = serde_json::from_slice(&r.body).unwrap();
+    assert!(std::path::Path::new(&snap.path).join("state").exists());
+    assert_eq!(c.get("web-1").unwrap().status, InstanceStatus::Running);
+    let r = ep
+        .request_raw(
+            "POST",
+            "/v1/instances/web-1/snapshots",
+            br#"{"name":"snap1"}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 409);
+    let r = ep
+        .request_raw("GET", "/v1/instances/web-1/snapshots", b"")
+        .unwrap();
+    let list: Vec<api::daemon::Snapshot> = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(list.len(), 1);
+    let r = ep
+        .request_raw("DELETE", "/v1/instances/web-1/snapshots/snap1", b"")
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert!(!std::path::Path::new(&snap.path).exists());
+
     assert_eq!(status_of(c.delete("web-1", false)), 409);
     c.delete("web-1", true).unwrap();
     assert!(c.list().unwrap().is_empty());
@@ -138,6 +170,8 @@ fn launch_list_console_stop_start_restart_delete() {
         "instance-updated",
         "instance-paused",
         "instance-resumed",
+        "snapshot-created",
+        "snapshot-deleted",
         "instance-stopped",
         "instance-deleted",
     ];

@@ -170,6 +170,16 @@ fn schemas_match_the_api_types() {
             }),
         ),
         ("Image", keys(&image)),
+        (
+            "Snapshot",
+            keys(&Snapshot {
+                instance: "a".into(),
+                name: "s".into(),
+                created_at: 0,
+                path: "/p".into(),
+            }),
+        ),
+        ("CreateSnapshot", keys(&CreateSnapshot { name: "s".into() })),
         ("ImportImage", keys(&import)),
         ("Network", keys(&net)),
         (
@@ -213,7 +223,9 @@ fn every_documented_operation_is_routed_and_every_route_documented() {
     let ops = operations(&doc());
     assert!(ops.len() >= 20, "{ops:?}");
     for (path, method) in &ops {
-        let target = path.replace("{name}", "nosuch");
+        let target = path
+            .replace("{name}", "nosuch")
+            .replace("{snapshot}", "nosnap");
         match route(&d, method, &target, b"{}") {
             Err(DaemonError::NotFound { kind, .. }) => {
                 assert!(
@@ -241,6 +253,8 @@ fn every_documented_operation_is_routed_and_every_route_documented() {
         ("/v1/instances/{name}/copy", "POST"),
         ("/v1/instances/{name}/snapshots", "GET"),
         ("/v1/instances/{name}/snapshots", "POST"),
+        ("/v1/instances/{name}/snapshots/{snapshot}", "DELETE"),
+        ("/v1/instances/{name}/snapshots/{snapshot}/restore", "POST"),
         ("/v1/images", "GET"),
         ("/v1/images", "POST"),
         ("/v1/images/{name}", "GET"),

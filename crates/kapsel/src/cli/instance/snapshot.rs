@@ -1,45 +1,69 @@
-//! `kapsel snapshot create|list|restore|delete`: answered by the daemon (not supported until
-//! the VMM's snapshot API is wired in).
+//! `kapsel snapshot create|list|delete|restore NAME [SNAPSHOT]`.
 
 use clap::{Args, Subcommand};
-use client::ClientError;
 
-use super::{Conn, VerbError, VerbResult};
+use super::{print_json, Conn, VerbError, VerbResult};
 
 #[derive(Debug, Args)]
 pub struct SnapArgs {
+    /// The instance.
     pub name: String,
-    pub snapshot: Option<String>,
+    /// The snapshot.
+    pub snapshot: String,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    pub name: String,
     #[command(flatten)]
     pub conn: Conn,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
+    /// Snapshot a running or paused instance (paused for it, resumed after).
     Create(SnapArgs),
-    List(SnapArgs),
+    List(ListArgs),
+    /// Restore an instance from a snapshot (not supported through the daemon yet).
     Restore(SnapArgs),
     Delete(SnapArgs),
 }
 
 pub fn run(c: SnapshotCommand) -> VerbResult {
-    let (a, method) = match c {
-        SnapshotCommand::List(a) => (a, "GET"),
-        SnapshotCommand::Create(a) | SnapshotCommand::Restore(a) | SnapshotCommand::Delete(a) => {
-            (a, "POST")
+    match c {
+        SnapshotCommand::List(a) => print_json(
+            &a.conn
+                .client()
+                .snapshots(&a.name)
+                .map_err(VerbError::from)?,
+        ),
+        SnapshotCommand::Create(a) => {
+            let s = a
+                .conn
+                .client()
+                .create_snapshot(&a.name, &a.snapshot)
+                .map_err(VerbError::from)?;
+            println!("{} {} {}", s.instance, s.name, s.path);
+            Ok(())
         }
-    };
-    let client = a.conn.client();
-    let path = format!("/v1/instances/{}/snapshots", a.name);
-    let resp = client
-        .endpoint()
-        .request_raw(method, &path, b"")
-        .map_err(VerbError::from)?;
-    let message = serde_json::from_slice::<api::ErrorBody>(&resp.body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| format!("HTTP {}", resp.status));
-    Err(VerbError::Client(ClientError::Status {
-        status: resp.status,
-        message,
-    }))
+        SnapshotCommand::Delete(a) => {
+            a.conn
+                .client()
+                .delete_snapshot(&a.name, &a.snapshot)
+                .map_err(VerbError::from)?;
+            println!("{} {} deleted", a.name, a.snapshot);
+            Ok(())
+        }
+        SnapshotCommand::Restore(a) => {
+            let inst = a
+                .conn
+                .client()
+                .restore_snapshot(&a.name, &a.snapshot)
+                .map_err(VerbError::from)?;
+            println!("{} {}", inst.name, inst.status.as_str());
+            Ok(())
+        }
+    }
 }

@@ -270,6 +270,18 @@ impl Drop for TestDaemon {
             .map(|l| l.iter().filter_map(|i| i.pid).collect())
             .unwrap_or_default();
         self.kill9();
+        // dnsmasq instances of networks a failed test left behind.
+        if let Ok(nets) = std::fs::read_dir(self.dir.path().join("state/networks")) {
+            for n in nets.flatten() {
+                let pid = std::fs::read_to_string(n.path().join("dnsmasq.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+                if let Some(pid) = pid.filter(|&p| alive(p)) {
+                    // SAFETY: kill takes plain integers.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
         for pid in pids {
             // SAFETY: kill takes plain integers.
             unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -58,6 +58,53 @@ fn write_cmdline(
     Ok(cmdline.len())
 }
 
+/// Writes the kernel, command line, initrd, firmware tables and boot structures into guest
+/// memory; returns the loaded kernel (its entry point).
+fn load_guest(
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+    kernel_file: &mut File,
+    initrd_file: Option<&mut File>,
+) -> Result<LoadedKernel, VmmError> {
+    let kernel =
+        arch::loader::load_kernel(memory, kernel_file).map_err(|source| VmmError::Kernel {
+            path: config.kernel.clone(),
+            source,
+        })?;
+    let cmdline_len = write_cmdline(memory, &kernel, &config.cmdline)?;
+    let initrd = match (initrd_file, &config.initrd) {
+        (Some(f), Some(path)) => Some(
+            arch::loader::load_initrd(memory, config.memory, &kernel, f).map_err(|source| {
+                VmmError::Initrd {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+        ),
+        _ => None,
+    };
+
+    let cpus = config.cpus as u8;
+    arch::mptable::setup_mptable(memory, cpus)?;
+    let rsdp_addr = arch::acpi::setup_acpi(memory, cpus)?;
+    let memory_map = arch::memory::memory_map(config.memory);
+    let info = arch::boot::BootInfo {
+        cmdline_addr: CMDLINE_START,
+        cmdline_len,
+        initrd,
+        memory_map: &memory_map,
+        rsdp_addr,
+    };
+    match kernel.entry {
+        BootEntry::Linux64 { .. } => {
+            arch::boot::write_boot_params(memory, kernel.setup_header, &info)?
+        }
+        BootEntry::Pvh { .. } => arch::boot::write_pvh_start_info(memory, &info)?,
+    }
+
+    Ok(kernel)
+}
+
 /// Opens KVM and builds the VM described by `config`.
 pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> {
     let hv = Hypervisor::new().map_err(VmmError::Kvm)?;
@@ -74,44 +121,22 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
     vm.create_irqchip_and_pit()?;
 
     let memory = create_guest_memory(config.memory)?;
-    register_guest_memory(&vm, &memory)?;
-
-    let kernel = arch::loader::load_kernel(&memory, &mut kernel_file).map_err(|source| {
-        VmmError::Kernel {
-            path: config.kernel.clone(),
-            source,
-        }
+    // KVM takes milliseconds to register a memory slot on some hosts; do it while the
+    // kernel and the firmware tables are written into the same (already mapped) memory.
+    let kernel = std::thread::scope(|scope| {
+        let registering = std::thread::Builder::new()
+            .name("mem-register".into())
+            .spawn_scoped(scope, || register_guest_memory(&vm, &memory))
+            .map_err(|source| VmmError::Thread {
+                name: "mem-register".into(),
+                source,
+            })?;
+        let loaded = load_guest(config, &memory, &mut kernel_file, initrd_file.as_mut());
+        registering
+            .join()
+            .unwrap_or_else(|_| Err(VmmError::Device("memory registration failed".into())))?;
+        loaded
     })?;
-    let cmdline_len = write_cmdline(&memory, &kernel, &config.cmdline)?;
-    let initrd = match (&mut initrd_file, &config.initrd) {
-        (Some(f), Some(path)) => Some(
-            arch::loader::load_initrd(&memory, config.memory, &kernel, f).map_err(|source| {
-                VmmError::Initrd {
-                    path: path.clone(),
-                    source,
-                }
-            })?,
-        ),
-        _ => None,
-    };
-
-    let cpus = config.cpus as u8;
-    arch::mptable::setup_mptable(&memory, cpus)?;
-    let rsdp_addr = arch::acpi::setup_acpi(&memory, cpus)?;
-    let memory_map = arch::memory::memory_map(config.memory);
-    let info = arch::boot::BootInfo {
-        cmdline_addr: CMDLINE_START,
-        cmdline_len,
-        initrd,
-        memory_map: &memory_map,
-        rsdp_addr,
-    };
-    match kernel.entry {
-        BootEntry::Linux64 { .. } => {
-            arch::boot::write_boot_params(&memory, kernel.setup_header, &info)?
-        }
-        BootEntry::Pvh { .. } => arch::boot::write_pvh_start_info(&memory, &info)?,
-    }
 
     let devices = DeviceManager::new(&vm, config.memory, start, config.boot_timer)?;
     let mut pci = crate::pci::PciDevices::new(
@@ -122,6 +147,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
     )?;
     crate::pci::add_configured_devices(&mut pci, config)?;
 
+    let cpus = config.cpus as u8;
     let supported = hv.supported_cpuid()?;
     let tsc_deadline = hv.has_tsc_deadline_timer();
     let mut vcpus = Vec::with_capacity(usize::from(cpus));

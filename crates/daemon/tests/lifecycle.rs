@@ -240,6 +240,14 @@ fn hostile_callers_get_clear_4xx_and_state_stays_consistent() {
     ok.start = false;
     c.create(&ok).unwrap();
     assert_eq!(status_of(c.create(&ok)), 409);
+    // Copies: same configuration, stopped; a taken or invalid new name is refused.
+    let copy = c.copy("dup", "dup-copy").unwrap();
+    assert_eq!(copy.status, InstanceStatus::Stopped);
+    assert_eq!(copy.config, c.get("dup").unwrap().config);
+    assert_eq!(status_of(c.copy("dup", "dup-copy")), 409);
+    assert_eq!(status_of(c.copy("dup", "Bad")), 400);
+    assert_eq!(status_of(c.copy("nope", "x")), 404);
+    c.delete("dup-copy", false).unwrap();
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let c = d.client();

@@ -12,7 +12,8 @@
 #     initramfs     busybox-static initramfs, /init = guests/linux/guest-init.sh
 #                   -> OUT/initramfs-busybox.cpio.gz
 #     busybox-ext4  the same tree as a bare ext4 image -> OUT/rootfs-busybox.ext4
-#     debian-ext4   debootstrap --variant=minbase bookworm -> OUT/rootfs-debian.ext4 (not in all)
+#     debian-ext4   debootstrap --variant=minbase bookworm + fio, iperf3 (DEBIAN_INCLUDE)
+#                   -> OUT/rootfs-debian.ext4 (not in all)
 #
 # The layout of OUT is the same as ../shared/guest, so either can serve as the guest
 # directory (see scripts/guest-artifacts.sh). Idempotent: a step is skipped when its output
@@ -35,6 +36,8 @@ LOGS=$BUILD/logs
 mkdir -p "$LOGS"
 JOBS=${JOBS:-$(nproc)}
 DEBIAN_SUITE=${DEBIAN_SUITE:-bookworm}
+# Extra packages in the Debian image: the I/O benchmarks run inside the guest.
+DEBIAN_INCLUDE=${DEBIAN_INCLUDE:-fio,iperf3}
 KSRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
 RECIPE=1   # bump when a rootfs step's code changes
 
@@ -165,17 +168,18 @@ apt_mirror() {
 }
 
 step_debian_ext4() {
-  local out=$OUT/rootfs-debian.ext4 key; key=$(hash_of "$LINUX/guest-init.sh" <(echo "$DEBIAN_SUITE"))
+  local out=$OUT/rootfs-debian.ext4 key; key=$(hash_of "$LINUX/guest-init.sh" <(echo "$DEBIAN_SUITE $DEBIAN_INCLUDE"))
   if uptodate "$out" "$key"; then log "debian-ext4: up to date"; return; fi
   need_root debian-ext4
   command -v debootstrap >/dev/null || "$REPO/scripts/setup-host.sh" --debian-image
   local dir=$BUILD/debian-rootfs ok=$BUILD/debian-rootfs.ok mirror; mirror=$(apt_mirror)
-  if [ ! -f "$ok" ] || [ "$(cat "$ok")" != "$DEBIAN_SUITE" ]; then
+  if [ ! -f "$ok" ] || [ "$(cat "$ok")" != "$DEBIAN_SUITE $DEBIAN_INCLUDE" ]; then
     rm -rf "$dir" "$dir.tmp" "$ok"
     log "debian-ext4: debootstrap --variant=minbase $DEBIAN_SUITE from $mirror (log: $LOGS/debootstrap.log)"
-    debootstrap --variant=minbase "$DEBIAN_SUITE" "$dir.tmp" "$mirror" >"$LOGS/debootstrap.log" 2>&1 \
+    debootstrap --variant=minbase ${DEBIAN_INCLUDE:+--include="$DEBIAN_INCLUDE"} \
+      "$DEBIAN_SUITE" "$dir.tmp" "$mirror" >"$LOGS/debootstrap.log" 2>&1 \
       || { tail -20 "$LOGS/debootstrap.log" >&2; die "debootstrap failed"; }
-    mv "$dir.tmp" "$dir"; echo "$DEBIAN_SUITE" > "$ok"
+    mv "$dir.tmp" "$dir"; echo "$DEBIAN_SUITE $DEBIAN_INCLUDE" > "$ok"
   fi
   install -m 755 "$LINUX/guest-init.sh" "$dir/sbin/guest-init"
   [ -e "$dir/sbin/init" ] || [ -L "$dir/sbin/init" ] || ln -s guest-init "$dir/sbin/init"

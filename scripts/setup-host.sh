@@ -14,9 +14,12 @@ log() { printf 'setup-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # runtime + tests: QEMU for the nested test bed, busybox/cpio for its initramfs,
-# e2fsprogs for disk images, iproute2 for network tests, python3 for helper scripts
+# e2fsprogs for disk images, iproute2 for network tests, python3 for helper scripts;
+# runc/crun (OCI bundles and benchmark peers), debootstrap (Debian container rootfs),
+# dnsmasq and nftables (the daemon's managed networks)
 pkgs=(qemu-system-x86 busybox-static cpio e2fsprogs iproute2 python3 file gzip xz-utils
-      util-linux procps ca-certificates build-essential pkg-config)
+      util-linux procps ca-certificates build-essential pkg-config
+      runc crun debootstrap dnsmasq-base nftables)
 for arg in "$@"; do
   case $arg in
     --kernel-build) pkgs+=(linux-source-6.1 flex bison bc libelf-dev libssl-dev kmod) ;;

@@ -9,6 +9,8 @@ pub mod config;
 pub mod console;
 mod container;
 mod error;
+pub mod foreground;
+pub mod image;
 pub mod init;
 pub mod process;
 pub mod spec;

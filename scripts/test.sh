@@ -42,6 +42,14 @@ if [ "${KAPSEL_SKIP_LINT:-0}" != 1 ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings || die "clippy"
 fi
 
+if [ "${KAPSEL_FUZZ_SECONDS:-20}" != 0 ] && cargo +nightly fuzz --version >/dev/null 2>&1; then
+  step "fuzz targets, ${KAPSEL_FUZZ_SECONDS:-20} s each (fuzz/README.md)"
+  for t in blk_request virtio_pci_registers; do
+    (cd fuzz && cargo +nightly fuzz run -O "$t" -- -max_total_time="${KAPSEL_FUZZ_SECONDS:-20}" \
+      >/tmp/kapsel-fuzz-$t.log 2>&1) || { tail -30 /tmp/kapsel-fuzz-$t.log; die "fuzz target $t"; }
+  done
+fi
+
 step "static kapsel (release) for the test bed"
 STATIC_TARGET=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$STATIC_TARGET" \

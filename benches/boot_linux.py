@@ -235,8 +235,15 @@ def qemu_files(qemu_bin):
     return args
 
 
-def run_testbed(args, scenario, timeout, log_name):
-    """Runs scripts/testbed.sh with ARGS and SCENARIO under the test-bed lock; returns output."""
+def run_testbed(args, scenario, timeout, log_name, from_log=None):
+    """Runs scripts/testbed.sh with ARGS and SCENARIO under the test-bed lock; returns the
+    output and the command. FROM_LOG: take the output of an earlier run's log instead."""
+    if from_log:
+        with open(from_log, errors="replace") as f:
+            out = f.read()
+        cmd = [os.path.join(ROOT, "scripts", "testbed.sh"), "-s", "SCENARIO", "-o", from_log,
+               "-t", str(timeout)] + args
+        return out, cmd
     with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
         f.write(scenario)
         script = f.name
@@ -394,6 +401,7 @@ def main():
     ap.add_argument("--kernels", default="bzImage,vmlinux")
     ap.add_argument("--qemu", default="/usr/bin/qemu-system-x86_64")
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    ap.add_argument("--from-log", help="report from the L1 log of an earlier run (testbed.sh -o)")
     args = ap.parse_args()
     kernels = args.kernels.split(",")
 
@@ -406,7 +414,8 @@ def main():
     for k in kernels:
         tb_args += ["-f", os.path.join(gd, k) + ":" + k]
     out, cmd = run_testbed(tb_args, scenario(args.runs, kernels, args.memory, args.cpus),
-                           timeout=3600, log_name="kapsel-bench-boot-linux.log")
+                           timeout=3600, log_name="kapsel-bench-boot-linux.log",
+                           from_log=args.from_log)
     res = parse(out)
     text = report(res, args.runs, args.memory, args.cpus, cmd, kernels)
     print(text)

@@ -230,6 +230,7 @@ def main():
     ap.add_argument("--qemu", default="/usr/bin/qemu-system-x86_64")
     ap.add_argument("--l1-memory", default="6G")
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    ap.add_argument("--from-log", help="report from the L1 log of an earlier run (testbed.sh -o)")
     args = ap.parse_args()
     sizes = args.sizes.split(",")
 
@@ -242,7 +243,7 @@ def main():
                "-f", os.path.join(gd, "bzImage") + ":bzImage"]
     tb_args += bl.qemu_files(args.qemu)
     out, cmd = bl.run_testbed(tb_args, scenario(sizes, args.runs), timeout=3600,
-                              log_name="kapsel-bench-snapshot.log")
+                              log_name="kapsel-bench-snapshot.log", from_log=args.from_log)
     snaps, restores, errors = parse(out)
     text = report(snaps, restores, errors, sizes, args.runs, cmd)
     print(text)

@@ -40,7 +40,7 @@ scripts/setup-host.sh
 
 say "building kapsel (release, static)"
 TARGET=x86_64-unknown-linux-gnu
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$TARGET" \
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" cargo build --release --quiet --target "$TARGET" \
   -p kapsel --target-dir "$REPO/target/static"
 KAPSEL=$REPO/target/static/$TARGET/release/kapsel
 

@@ -42,17 +42,25 @@ if [ "${KAPSEL_SKIP_LINT:-0}" != 1 ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings || die "clippy"
 fi
 
-if [ "${KAPSEL_FUZZ_SECONDS:-20}" != 0 ] && cargo +nightly fuzz --version >/dev/null 2>&1; then
-  step "fuzz targets, ${KAPSEL_FUZZ_SECONDS:-20} s each (fuzz/README.md)"
-  for t in blk_request virtio_pci_registers; do
-    (cd fuzz && cargo +nightly fuzz run -O "$t" -- -max_total_time="${KAPSEL_FUZZ_SECONDS:-20}" \
-      >/tmp/kapsel-fuzz-$t.log 2>&1) || { tail -30 /tmp/kapsel-fuzz-$t.log; die "fuzz target $t"; }
-  done
+if [ "${KAPSEL_FUZZ_SECONDS:-20}" != 0 ]; then
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    printf '\ntest.sh: WARNING: no nightly toolchain: the fuzz targets were NOT run\n' >&2
+  else
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+      step "installing cargo-fuzz (crates.io)"
+      cargo install cargo-fuzz --locked --quiet || die "cargo install cargo-fuzz"
+    fi
+    step "fuzz targets, ${KAPSEL_FUZZ_SECONDS:-20} s each (fuzz/README.md)"
+    for t in blk_request virtio_pci_registers; do
+      (cd fuzz && cargo +nightly fuzz run -O "$t" -- -max_total_time="${KAPSEL_FUZZ_SECONDS:-20}" \
+        >/tmp/kapsel-fuzz-$t.log 2>&1) || { tail -30 /tmp/kapsel-fuzz-$t.log; die "fuzz target $t"; }
+    done
+  fi
 fi
 
 step "static kapsel (release) for the test bed"
 STATIC_TARGET=x86_64-unknown-linux-gnu
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$STATIC_TARGET" \
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" cargo build --release --quiet --target "$STATIC_TARGET" \
   -p kapsel --target-dir "$REPO/target/static" || die "static kapsel build"
 export KAPSEL_STATIC_BIN=$REPO/target/static/$STATIC_TARGET/release/kapsel
 file -L "$KAPSEL_STATIC_BIN" | grep -qE 'statically linked|static-pie linked' || die "$KAPSEL_STATIC_BIN is not static"

@@ -127,7 +127,10 @@ impl Vm {
                 .map_err(HvError::ioctl("KVM_GET_IRQCHIP"))?;
         }
         let pit = self.fd.get_pit2().map_err(HvError::ioctl("KVM_GET_PIT2"))?;
-        let mut clock = self.fd.get_clock().map_err(HvError::ioctl("KVM_GET_CLOCK"))?;
+        let mut clock = self
+            .fd
+            .get_clock()
+            .map_err(HvError::ioctl("KVM_GET_CLOCK"))?;
         // Only the clock value is restored; the flags describe this host's clock source.
         clock.flags = 0;
         let [pic_master, pic_slave, ioapic] = chips;

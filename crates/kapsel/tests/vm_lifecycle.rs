@@ -57,7 +57,12 @@ impl Vmm {
             assert!(Instant::now() < deadline, "API socket never appeared");
             if let Ok(Some(status)) = child.try_wait() {
                 let mut err = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
                 panic!("kapsel exited early ({status}): {err}");
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -169,7 +174,10 @@ fn pause_and_resume_keep_counting() {
     assert_eq!(info.state, api::vm::VmState::Running);
     assert!(info.counters.paused_ms >= 500, "{:?}", info.counters);
     let metrics = vm.client.metrics().unwrap();
-    assert!(metrics.contains("kapsel_vm_state{state=\"running\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("kapsel_vm_state{state=\"running\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(vm.stop(), 0);
 }
 
@@ -200,7 +208,10 @@ fn snapshot_then_restore_in_a_new_process_continues_the_count() {
 
     let socket = dir.join("restored.sock");
     let mut cmd = kapsel();
-    cmd.arg("restore").arg(&snap).arg("--api-socket").arg(&socket);
+    cmd.arg("restore")
+        .arg(&snap)
+        .arg("--api-socket")
+        .arg(&socket);
     let restored = Vmm::spawn(cmd, &socket);
     let first = restored.wait_counts(3);
     let counts = restored.counts();
@@ -243,7 +254,12 @@ fn restore_fails(snap: &Path) -> String {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "restore of {}: {err}", snap.display());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "restore of {}: {err}",
+        snap.display()
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(!err.contains("panicked"), "{err}");
     err
@@ -283,7 +299,9 @@ fn restore_refuses_damaged_snapshots() {
         std::fs::write(d.join("state"), bytes).unwrap();
     });
     assert!(err.contains("version 99"), "{err}");
-    let err = case("no-memory", &|d| std::fs::remove_file(d.join("memory")).unwrap());
+    let err = case("no-memory", &|d| {
+        std::fs::remove_file(d.join("memory")).unwrap()
+    });
     assert!(err.contains("memory"), "{err}");
     let err = case("short-memory", &|d| {
         let f = std::fs::OpenOptions::new()
@@ -298,7 +316,10 @@ fn restore_refuses_damaged_snapshots() {
     // The good one still restores.
     let socket = dir.join("ok.sock");
     let mut cmd = kapsel();
-    cmd.arg("restore").arg(&good).arg("--api-socket").arg(&socket);
+    cmd.arg("restore")
+        .arg(&good)
+        .arg("--api-socket")
+        .arg(&socket);
     let vm = Vmm::spawn(cmd, &socket);
     vm.wait_counts(2);
     assert_eq!(vm.stop(), 0);

@@ -62,7 +62,10 @@ fn build() -> Result<PathBuf, Error> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
         .current_dir(&root)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static -C relocation-model=static")
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C relocation-model=static",
+        )
         .args(["build", "--release", "--target", TARGET, "-p", "kapsel"])
         .arg("--target-dir")
         .arg(&target_dir)

@@ -34,9 +34,9 @@ pub enum Command {
     Instance(instance::InstanceCommand),
 }
 
+mod container;
 mod daemon;
 mod instance;
-mod container;
 mod oci;
 mod restore;
 mod run;

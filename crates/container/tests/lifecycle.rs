@@ -191,3 +191,30 @@ fn debian_rootfs_runs() {
     assert_eq!(f.code, 0, "{}", f.output);
     assert!(f.output.starts_with("12"), "{}", f.output);
 }
+
+#[test]
+fn foreground_run_forwards_signals_and_reports_the_exit_status() {
+    let cfg = config(
+        "fg",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while :; do sleep 0.1; done",
+        ],
+    );
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() } as usize;
+    let signaller = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        // SAFETY: the test thread is alive (it joins this thread) and blocks SIGTERM while
+        // in foreground::run, so the signal lands in its signalfd.
+        unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGTERM) };
+    });
+    let code = container::foreground::run(&cfg, &state_root()).unwrap();
+    signaller.join().unwrap();
+    assert_eq!(code, 42);
+    assert!(
+        Container::load(&state_root(), &cfg.id).is_err(),
+        "deleted after the run"
+    );
+}

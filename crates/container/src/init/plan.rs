@@ -132,6 +132,11 @@ pub struct InitPlan {
     pub exec_paths: Vec<CString>,
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
+    /// NULL-terminated pointer arrays into `argv` and `envp`, built here because the child
+    /// must not allocate (another thread of the parent may have held the allocator's lock
+    /// at `clone` time; the child would wait for it forever).
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
 }
 
 /// Inputs that come from the parent's setup rather than the config.
@@ -152,14 +157,14 @@ pub struct PlanInputs {
 }
 
 impl InitPlan {
-    /// `argv` as a NULL-terminated pointer array (build right before use).
-    pub fn argv_ptrs(&self) -> Vec<*const libc::c_char> {
-        ptrs(&self.argv)
+    /// `argv` as a NULL-terminated pointer array.
+    pub fn argv_ptrs(&self) -> &[*const libc::c_char] {
+        &self.argv_ptrs
     }
 
     /// `envp` as a NULL-terminated pointer array.
-    pub fn envp_ptrs(&self) -> Vec<*const libc::c_char> {
-        ptrs(&self.envp)
+    pub fn envp_ptrs(&self) -> &[*const libc::c_char] {
+        &self.envp_ptrs
     }
 }
 
@@ -217,6 +222,18 @@ pub fn build(cfg: &ContainerConfig, inp: PlanInputs) -> Result<InitPlan, PlanErr
         SeccompPolicy::Default => sandbox::seccomp::default_profile()?,
         SeccompPolicy::Unconfined => Vec::new(),
     };
+    let argv: Vec<CString> = process
+        .args
+        .iter()
+        .map(|a| cstr(a.as_str(), "process.args"))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = process
+        .env
+        .iter()
+        .map(|e| cstr(e.as_str(), "process.env"))
+        .collect::<Result<_, _>>()?;
+    // The pointers stay valid when the Vecs move into the plan: CString data is on the heap.
+    let (argv_ptrs, envp_ptrs) = (ptrs(&argv), ptrs(&envp));
     Ok(InitPlan {
         join: inp.join,
         become_ns_root: userns,
@@ -279,16 +296,10 @@ pub fn build(cfg: &ContainerConfig, inp: PlanInputs) -> Result<InitPlan, PlanErr
             .map(|fd| cstr(format!("/proc/self/fd/{fd}"), "fifo"))
             .transpose()?,
         exec_paths,
-        argv: process
-            .args
-            .iter()
-            .map(|a| cstr(a.as_str(), "process.args"))
-            .collect::<Result<_, _>>()?,
-        envp: process
-            .env
-            .iter()
-            .map(|e| cstr(e.as_str(), "process.env"))
-            .collect::<Result<_, _>>()?,
+        argv,
+        envp,
+        argv_ptrs,
+        envp_ptrs,
     })
 }
 

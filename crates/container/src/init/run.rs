@@ -337,7 +337,7 @@ fn exec(sys: &dyn Syscall, plan: &InitPlan) -> Failure {
     let envp = plan.envp_ptrs();
     let mut last = Errno(libc::ENOENT);
     for path in &plan.exec_paths {
-        last = sys.execve(path, &argv, &envp);
+        last = sys.execve(path, argv, envp);
         if !matches!(last.0, libc::ENOENT | libc::ENOTDIR | libc::EACCES) {
             break;
         }

@@ -203,10 +203,18 @@ impl Syscall for LinuxSyscall {
     }
 
     fn set_ids(&self, ids: Ids, additional_gids: &[libc::gid_t]) -> SysResult<()> {
+        // Raw syscalls, not the libc wrappers: glibc's setgroups/setresuid broadcast the
+        // change to every thread it knows of, and in a child cloned from a multi-threaded
+        // process it waits forever for threads that were not copied.
         // SAFETY: pointer and length describe `additional_gids`.
-        check(unsafe { libc::setgroups(additional_gids.len(), additional_gids.as_ptr()) }.into())?;
-        // SAFETY: integer arguments only. The raw syscall sets the ids of this thread only,
-        // which is the whole process in the single-threaded child.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_setgroups,
+                additional_gids.len(),
+                additional_gids.as_ptr(),
+            )
+        })?;
+        // SAFETY: integer arguments only; sets the ids of this (only) thread.
         check(unsafe { libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) })?;
         // SAFETY: as above.
         check(unsafe { libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) })

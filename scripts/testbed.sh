@@ -30,6 +30,8 @@
 # init; 2 bad usage. Lines "NESTED: ..." are the harness's markers; the last line is
 #   NESTED-RESULT: rc=N l1_init=..s kvm_ready=..s script=..s total=..s   (host wall times)
 # Known quirk: a run can hang at the very end (rare); callers treat 124 as retry-once.
+# Runs on one machine are serialised with flock on /tmp/kapsel-testbed.lock (TESTBED_LOCK
+# names another file, TESTBED_NO_LOCK=1 disables it); the timeout starts after the wait.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -117,6 +119,16 @@ sync; echo o > /proc/sysrq-trigger; poweroff -f
 EOF
 chmod 755 "$R/init"
 ( cd "$R" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet ) > "$WORK/l1-initramfs.cpio"
+
+# ---- one test bed at a time on this machine: TCG wants every core, and parallel runs make
+# timings meaningless and time-outs likely. TESTBED_NO_LOCK=1 opts out.
+if [ "${TESTBED_NO_LOCK:-0}" != 1 ] && command -v flock >/dev/null; then
+  exec {lockfd}>>"${TESTBED_LOCK:-/tmp/kapsel-testbed.lock}"
+  if ! flock -n "$lockfd"; then
+    echo "NESTED: waiting for another test-bed run to finish (lock ${TESTBED_LOCK:-/tmp/kapsel-testbed.lock})"
+    flock "$lockfd"
+  fi
+fi
 
 # ---- boot L1 under TCG and follow its console
 append="console=ttyS0 panic=-1 reboot=t rdinit=/init mitigations=off $EXTRA"

@@ -153,12 +153,18 @@ fn testbed_linux_memory_sizes_128m_1g_5g() {
 }
 
 /// Commands piped into the guest's shell through kapsel's stdin run, and both
-/// `poweroff -f` and `reboot -f` typed there end kapsel with exit 0.
+/// `poweroff -f` and `reboot -f` typed there end kapsel with exit 0; a reset by triple
+/// fault (`reboot=t`) ends it with exit 3.
 #[test]
-fn testbed_linux_shell_on_stdin_and_poweroff_reboot() {
+fn testbed_linux_shell_on_stdin_and_ways_to_end() {
     let mut script = String::new();
     script += &vm_shell("shell-poweroff", "echo MARK-$((6*7)); poweroff -f");
     script += &vm_shell("shell-reboot", "echo REBOOT-$((20+3)); reboot -f");
+    // reboot=t makes Linux reset by triple fault: kapsel's exit code 3
+    script += &format!(
+        "vm triple-fault {BOOT_TIMEOUT} --kernel bzImage --initrd initramfs.cpio.gz --cmdline {} --memory 256M\n",
+        sh_quote(&CMDLINE.replace("reboot=k", "reboot=t"))
+    );
     let run = linux_testbed("linux-shell")
         .scenario_with_prelude(&script)
         .timeout(Duration::from_secs(900))
@@ -178,4 +184,12 @@ fn testbed_linux_shell_on_stdin_and_poweroff_reboot() {
         );
         assert_clean_exit(&boot);
     }
+    let triple = run.boot("triple-fault");
+    assert!(triple.report().ready, "console:\n{}", triple.console);
+    assert_eq!(
+        triple.rc,
+        Some(3),
+        "triple fault exit code; console:\n{}",
+        triple.console
+    );
 }

@@ -3,7 +3,6 @@
 use crate::paths::{error_chain, guest_dir, repo_root};
 use crate::scenario::{self, Boot};
 use crate::{kapsel_static_bin, Error};
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -215,17 +214,20 @@ impl TestBed {
     }
 
     fn run_attempts(&self, script: &Path, log: &Path) -> Result<TestBedRun, Error> {
-        // one test bed at a time on this machine: TCG wants every core
-        let lock_path = std::env::temp_dir().join("kapsel-testbed.lock");
-        let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
-
+        // one test bed at a time on this machine: scripts/testbed.sh serialises runs itself
+        // (flock), so tests, benchmarks and scripts all queue on the same lock
+        let mut log = log.to_path_buf();
         for attempt in 1..=2 {
             let started = Instant::now();
-            let (code, output) = self.run_once(script, log)?;
+            let (code, output) = self.run_once(script, &log)?;
             match code {
                 RC_TIMEOUT if attempt == 1 => {
-                    eprintln!("test bed {}: timed out, retrying once", self.name);
+                    eprintln!(
+                        "test bed {}: timed out (log {}), retrying once",
+                        self.name,
+                        log.display()
+                    );
+                    log.set_extension("retry.log");
                 }
                 RC_TIMEOUT => return Err(Error::TimedOut { output }),
                 RC_USAGE | RC_NO_KVM | RC_NO_INIT => {
@@ -246,7 +248,7 @@ impl TestBed {
                         code,
                         attempts: attempt,
                         elapsed: started.elapsed(),
-                        log: log.to_path_buf(),
+                        log,
                     })
                 }
             }

@@ -43,6 +43,13 @@ RECIPE=1   # bump when a rootfs step's code changes
 
 log() { printf '[guests/build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# one build per OUT at a time: two makes in one object dir corrupt each other's objects
+exec {lockfd}>>"$BUILD/.lock"
+if ! flock -n "$lockfd"; then
+  log "waiting for another guests/build.sh on $OUT to finish"
+  flock "$lockfd"
+fi
 need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (mknod, ownership in the image)"; }
 
 # ---------------------------------------------------------------- stamps

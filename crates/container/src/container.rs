@@ -360,6 +360,53 @@ impl Container {
         Ok(())
     }
 
+    /// Starts `process` inside the running container (its namespaces, cgroup, and the
+    /// confinement of `process`: capabilities, no_new_privs, the default seccomp profile).
+    /// Returns the new process's host pid; the caller (its parent) reaps it.
+    pub fn exec(
+        &self,
+        process: &crate::config::ProcessConfig,
+        stdio: Stdio,
+    ) -> Result<i32, ContainerError> {
+        self.require(Op::Exec, "running")?;
+        let pid = self.state.pid;
+        let mut join = Vec::new();
+        for ns in Namespace::ALL {
+            let theirs = format!("/proc/{pid}/ns/{}", ns.proc_name());
+            let ours = format!("/proc/self/ns/{}", ns.proc_name());
+            let (Ok(a), Ok(b)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours)) else {
+                continue;
+            };
+            if std::os::unix::fs::MetadataExt::ino(&a) == std::os::unix::fs::MetadataExt::ino(&b) {
+                continue;
+            }
+            let f = std::fs::File::open(&theirs)
+                .map_err(ContainerError::io(format!("open {theirs}")))?;
+            join.push((OwnedFd::from(f), ns.clone_flag()));
+        }
+        let mut cfg = ContainerConfig::new(
+            &self.state.id,
+            RootfsSource::Bind(PathBuf::from("/")),
+            process.args.clone(),
+        );
+        cfg.process = process.clone();
+        cfg.hostname = None;
+        cfg.mounts.clear();
+        cfg.devices.clear();
+        let hs = Handshake::new()?;
+        let plan = init::build(
+            &cfg,
+            PlanInputs {
+                rootfs: PathBuf::from("/"),
+                status_fd: hs.status_fd(),
+                ..PlanInputs::default()
+            },
+        )?;
+        let raw: Vec<(i32, i32)> = join.iter().map(|(fd, f)| (fd.as_raw_fd(), *f)).collect();
+        let cg = &self.cgroup;
+        process::spawn_exec(&plan, &raw, stdio, hs, |child| Ok(cg.add_task(child)?))
+    }
+
     /// Freezes every process (cgroup freezer).
     pub fn pause(&mut self) -> Result<(), ContainerError> {
         self.require(Op::Pause, "running")?;

@@ -160,6 +160,159 @@ fn child(plan: &InitPlan, sys: &LinuxSyscall, stdio: Stdio, hs: &Handshake) -> !
     unsafe { libc::_exit(127) }
 }
 
+/// Starts a process inside a running container: a first child joins the namespaces in
+/// `join` (fd, CLONE_NEW* flag; the mount namespace last), then clones the real process with
+/// `CLONE_PARENT` so it is our child and, having been created after `setns(pid)`, lives in
+/// the container's pid namespace. Returns its pid once it has `execve`d.
+pub fn spawn_exec(
+    plan: &InitPlan,
+    join: &[(RawFd, i32)],
+    stdio: Stdio,
+    hs: Handshake,
+    setup: impl FnOnce(i32) -> Result<(), ContainerError>,
+) -> Result<i32, ContainerError> {
+    let sys = LinuxSyscall;
+    // SAFETY: fork-like raw clone, as in `spawn`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(ContainerError::last_os("clone"));
+    }
+    if pid == 0 {
+        exec_child(plan, join, &sys, stdio, &hs);
+    }
+    let pid = pid as i32;
+    let Handshake {
+        go_r,
+        go_w,
+        status_r,
+        status_w,
+    } = hs;
+    drop(go_r);
+    drop(status_w);
+    if let Err(e) = setup(pid) {
+        kill_and_reap(pid);
+        return Err(e);
+    }
+    write_all(go_w.as_raw_fd(), b"G").map_err(ContainerError::io("signal the exec child"))?;
+    drop(go_w);
+    let fd = status_r.as_raw_fd();
+    let mut tag = [0u8; 1];
+    let first = read_exact(fd, &mut tag);
+    // SAFETY: reaping the intermediate child, which exits right after the clone.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    if first.is_err() {
+        return Err(ContainerError::InitDied);
+    }
+    if tag[0] == b'E' {
+        let mut buf = [0u8; 13];
+        buf[0] = b'E';
+        return match read_exact(fd, &mut buf[1..])
+            .ok()
+            .and_then(|()| Failure::decode(&buf))
+        {
+            Some(f) => Err(ContainerError::Init(format!("{:?}: {}", f.step, f.errno))),
+            None => Err(ContainerError::InitDied),
+        };
+    }
+    let mut word = [0u8; 4];
+    if tag[0] != b'P' || read_exact(fd, &mut word).is_err() {
+        return Err(ContainerError::InitDied);
+    }
+    let child = i32::from_ne_bytes(word);
+    match read_outcome(fd) {
+        Outcome::Ready => {}
+        Outcome::Failed(f) => {
+            kill_and_reap(child);
+            return Err(ContainerError::Init(f.describe(plan)));
+        }
+        Outcome::Died => {
+            kill_and_reap(child);
+            return Err(ContainerError::InitDied);
+        }
+    }
+    match exec_outcome(fd) {
+        Outcome::Ready => Ok(child),
+        Outcome::Failed(f) => {
+            kill_and_reap(child);
+            Err(ContainerError::Init(f.describe(plan)))
+        }
+        Outcome::Died => Err(ContainerError::InitDied),
+    }
+}
+
+fn exec_child(
+    plan: &InitPlan,
+    join: &[(RawFd, i32)],
+    sys: &LinuxSyscall,
+    stdio: Stdio,
+    hs: &Handshake,
+) -> ! {
+    // SAFETY: async-signal-safe calls only, as in `child`.
+    unsafe {
+        let empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::close(hs.go_w.as_raw_fd());
+        libc::close(hs.status_r.as_raw_fd());
+        for (fd, target) in [(stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)] {
+            if let Some(fd) = fd {
+                libc::dup2(fd, target);
+            }
+        }
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: reading one byte into a local buffer.
+    if unsafe { libc::read(hs.go_r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
+        // SAFETY: _exit is always safe.
+        unsafe { libc::_exit(1) };
+    }
+    for (i, (fd, flag)) in join.iter().enumerate() {
+        use sandbox::syscall::Syscall;
+        if let Err(errno) = sys.setns(*fd, *flag) {
+            let f = Failure {
+                step: init::Step::Setns,
+                index: i as u32,
+                errno,
+            };
+            let _ = write_all(plan.status_fd, &f.encode());
+            // SAFETY: _exit is always safe.
+            unsafe { libc::_exit(1) };
+        }
+    }
+    // SAFETY: fork-like raw clone; CLONE_PARENT makes the new process our parent's child.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        let failure = init::run_exec(sys, plan);
+        let _ = write_all(plan.status_fd, &failure.encode());
+        // SAFETY: _exit is always safe.
+        unsafe { libc::_exit(127) };
+    }
+    let mut msg = [0u8; 5];
+    msg[0] = b'P';
+    msg[1..].copy_from_slice(&(pid as i32).to_ne_bytes());
+    let _ = write_all(plan.status_fd, if pid > 0 { &msg } else { b"" });
+    // SAFETY: _exit is always safe.
+    unsafe { libc::_exit(0) }
+}
+
 fn write_all(fd: RawFd, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         // SAFETY: pointer and length describe `buf`.

@@ -218,3 +218,43 @@ fn foreground_run_forwards_signals_and_reports_the_exit_status() {
         "deleted after the run"
     );
 }
+
+#[test]
+fn exec_runs_inside_the_namespaces_of_a_running_container() {
+    let cfg = config("exec", &["sh", "-c", "echo marker > /tmp/m; sleep 30"]);
+    let opts = CreateOptions {
+        wait_for_start: false,
+        ..CreateOptions::oci(state_root())
+    };
+    let c = Container::create(&cfg, &opts).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let stdio = Stdio {
+        stdin: None,
+        stdout: Some(writer.as_raw_fd()),
+        stderr: Some(writer.as_raw_fd()),
+    };
+    let p = container::ProcessConfig::new(vec![
+        "sh".into(),
+        "-c".into(),
+        "cat /tmp/m; hostname; echo $$; grep Seccomp: /proc/self/status".into(),
+    ]);
+    let pid = c.exec(&p, stdio).unwrap();
+    drop(writer);
+    let mut out = String::new();
+    reader.read_to_string(&mut out).unwrap();
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(libc::WEXITSTATUS(status), 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "marker", "same mount namespace: {out}");
+    assert_eq!(lines[1], cfg.id, "same UTS namespace");
+    assert_ne!(lines[2], "1", "a new pid in the container's pid namespace");
+    assert!(
+        lines[2].parse::<u32>().unwrap() < 100,
+        "container pid, not host pid: {out}"
+    );
+    assert!(lines[3].contains('2'), "seccomp filter applied: {out}");
+    c.delete(true).unwrap();
+}

@@ -5,4 +5,4 @@ pub mod plan;
 mod run;
 
 pub use plan::{build, FsOp, InitPlan, PlanError, PlanInputs};
-pub use run::{run, Failure, Step};
+pub use run::{run, run_exec, Failure, Step};

@@ -138,6 +138,28 @@ pub fn run(sys: &dyn Syscall, plan: &InitPlan) -> Failure {
     }
 }
 
+/// Runs the process part of a plan in namespaces already joined (`exec` into a running
+/// container): settings, confinement, ready, `execve`. Returns only on failure.
+pub fn run_exec(sys: &dyn Syscall, plan: &InitPlan) -> Failure {
+    let steps = || -> R {
+        if let Some(fd) = plan.console {
+            sys.setsid().map_err(at(Step::Console, 0))?;
+            sys.set_console(fd).map_err(at(Step::Console, 1))?;
+        }
+        for (i, r) in plan.rlimits.iter().enumerate() {
+            sys.setrlimit(r.resource, r.soft, r.hard)
+                .map_err(at(Step::Rlimit, i))?;
+        }
+        sys.chdir(&plan.cwd).map_err(at(Step::Chdir, 0))?;
+        confine(sys, plan)?;
+        sys.write(plan.status_fd, b"R").map_err(at(Step::Ready, 0))
+    };
+    match steps() {
+        Ok(()) => exec(sys, plan),
+        Err(f) => f,
+    }
+}
+
 fn run_steps(sys: &dyn Syscall, plan: &InitPlan) -> R {
     namespaces(sys, plan)?;
     if let Some(fd) = plan.console {

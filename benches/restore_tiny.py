@@ -124,7 +124,7 @@ def pct(values, p):
     return s[k]
 
 
-def report(vmm_us, wall_us, count_us, runs, memory, cpus, boot_cmd, restore_cmd, snap_kib):
+def report(vmm_us, wall_us, count_us, runs, memory, cpus, boot_cmd, restore_cmd, snap_kib, load):
     def row(name, vals):
         return (f"| {name} | {statistics.median(vals) / 1000:.2f} | {pct(vals, 90) / 1000:.2f} | "
                 f"{min(vals) / 1000:.2f} | {max(vals) / 1000:.2f} |")
@@ -135,7 +135,9 @@ def report(vmm_us, wall_us, count_us, runs, memory, cpus, boot_cmd, restore_cmd,
         "",
         f"The no_std test guest (payload `count`, {cpus} vCPU, {memory}) snapshotted once while",
         f"paused (memory file {snap_kib} KiB on disk, sparse), then restored {runs} times, each in a",
-        f"fresh process, directly on this machine's /dev/kvm ({bl.host_kvm()}). Measured {bl.utc_now()}.",
+        f"fresh process, directly on this machine's /dev/kvm ({bl.host_kvm()}). Measured {bl.utc_now()},",
+        f"load average {load[0]:.1f} before / {load[1]:.1f} after (the machine is shared: other jobs' test",
+        "beds run QEMU TCG on both cores, which inflates and scatters these times).",
         "",
         "| restore | median (ms) | p90 (ms) | min (ms) | max (ms) |",
         "|---|---:|---:|---:|---:|",
@@ -197,6 +199,7 @@ def main():
         sys.exit("restore_tiny: /dev/kvm is not usable")
     kapsel = args.kapsel or build_kapsel()
     guest = args.guest or build_guest()
+    load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="kapsel-restore-tiny-")
     try:
         snap, boot_cmd = make_snapshot(kapsel, guest, args.memory, args.cpus, work)
@@ -214,7 +217,7 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = report(vmm, wall, count, args.runs, args.memory, args.cpus, boot_cmd, restore_cmd,
-                  snap_kib)
+                  snap_kib, (load_before, os.getloadavg()[0]))
     print(text)
     if args.write:
         write_subsection(text)

@@ -59,6 +59,17 @@ pub fn config(name: &str, args: &[&str]) -> ContainerConfig {
     cfg
 }
 
+/// Force-deletes a container if a test panics before deleting it itself.
+pub struct Guard(pub String);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(c) = Container::load(&state_root(), &self.0) {
+            let _ = c.delete(true);
+        }
+    }
+}
+
 /// What a finished container left behind.
 #[derive(Debug)]
 pub struct Finished {
@@ -81,12 +92,14 @@ pub fn run(cfg: &ContainerConfig) -> Finished {
         wait_for_start: false,
     };
     let c = Container::create(cfg, &opts).expect("create container");
+    let guard = Guard(cfg.id.clone());
     drop(writer);
     let mut output = String::new();
     reader.read_to_string(&mut output).expect("read output");
     let code = c.wait().expect("wait");
     let oom_kills = c.stats().expect("stats").oom_kills;
     c.delete(true).expect("delete");
+    std::mem::forget(guard);
     Finished {
         code,
         output,

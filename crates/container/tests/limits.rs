@@ -80,9 +80,11 @@ fn fork_bomb_is_contained_by_the_pids_limit() {
     std::thread::sleep(Duration::from_millis(1500));
     let stats = c.stats().unwrap();
     assert!(stats.pids_current <= 40, "pids {}", stats.pids_current);
-    // The host carries on: it can still start processes.
+    // The host carries on: it can still start processes, and so can another container.
     let st = std::process::Command::new("true").status().unwrap();
     assert!(st.success());
+    let neighbour = sh("neighbour", "echo alive");
+    assert_eq!(neighbour.output.trim(), "alive");
     c.delete(true).unwrap();
 }
 

@@ -433,6 +433,36 @@ impl Container {
         self.state.overlay.then(|| self.dir.join("upper"))
     }
 
+    /// Copies the writable upper directory of an overlay root to `dest` (a new directory),
+    /// with the container frozen for the copy when it is running so the files are
+    /// consistent. This is a container snapshot: image + this copy = the filesystem.
+    pub fn snapshot_upper(&self, dest: &Path) -> Result<(), ContainerError> {
+        let upper = self.upper_dir().ok_or_else(|| {
+            ContainerError::Init("the root is not an overlay: nothing to snapshot".into())
+        })?;
+        let freeze = self.status() == Status::Running;
+        if freeze {
+            self.cgroup.set_frozen(true)?;
+        }
+        let out = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&upper)
+            .arg(dest)
+            .output();
+        if freeze {
+            self.cgroup.set_frozen(false)?;
+        }
+        let out = out.map_err(ContainerError::io("run cp"))?;
+        if !out.status.success() {
+            return Err(ContainerError::Init(format!(
+                "copying {}: {}",
+                upper.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     /// Waits for the first process to exit and returns its exit code (128 + signal when
     /// killed). Only the process that created the container (its parent) can wait.
     pub fn wait(&self) -> Result<i32, ContainerError> {

@@ -258,3 +258,32 @@ fn exec_runs_inside_the_namespaces_of_a_running_container() {
     assert!(lines[3].contains('2'), "seccomp filter applied: {out}");
     c.delete(true).unwrap();
 }
+
+#[test]
+fn snapshot_copies_the_upper_dir_of_a_running_container() {
+    let cfg = config("snap", &["sh", "-c", "echo state > /root/data; sleep 30"]);
+    let opts = CreateOptions {
+        wait_for_start: false,
+        ..CreateOptions::oci(state_root())
+    };
+    let c = Container::create(&cfg, &opts).unwrap();
+    let _guard = Guard(cfg.id.clone());
+    let upper = c.upper_dir().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !upper.join("root/data").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container never wrote"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let snap = dest.path().join("snap");
+    c.snapshot_upper(&snap).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(snap.join("root/data")).unwrap(),
+        "state\n"
+    );
+    assert_eq!(c.status(), Status::Running, "thawed after the copy");
+    c.delete(true).unwrap();
+}

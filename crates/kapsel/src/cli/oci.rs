@@ -50,6 +50,19 @@ pub enum OciCommand {
         #[arg(long, short = 'f')]
         force: bool,
     },
+    /// Run a command inside a running container (its namespaces, cgroup and confinement)
+    /// and exit with its status.
+    Exec {
+        id: String,
+        /// Working directory inside the container.
+        #[arg(long, default_value = "/")]
+        cwd: String,
+        /// Extra environment variables (KEY=VALUE), repeatable.
+        #[arg(long, short = 'e')]
+        env: Vec<String>,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
     /// Freeze every process of the container.
     Pause { id: String },
     /// Thaw a paused container.
@@ -60,6 +73,18 @@ pub enum OciCommand {
 
 /// Runs one `kapsel oci` subcommand.
 pub fn run(args: OciArgs) -> ExitCode {
+    if let OciCommand::Exec {
+        id,
+        cwd,
+        env,
+        command,
+    } = args.command
+    {
+        return match exec(&args.root, &id, cwd, env, command) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => super::fail(e.as_ref(), 125),
+        };
+    }
     match dispatch(&args.root, args.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => super::fail(e.as_ref(), 1),
@@ -87,6 +112,7 @@ fn dispatch(root: &Path, cmd: OciCommand) -> Res {
             Ok(Container::load(root, &id)?.kill(sig, all)?)
         }
         OciCommand::Delete { id, force } => Ok(Container::load(root, &id)?.delete(force)?),
+        OciCommand::Exec { .. } => Err("exec is handled by run".into()),
         OciCommand::Pause { id } => Ok(Container::load(root, &id)?.pause()?),
         OciCommand::Resume { id } => Ok(Container::load(root, &id)?.resume()?),
         OciCommand::List => {
@@ -124,6 +150,30 @@ fn create(
         std::fs::write(&p, c.pid().to_string()).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(())
+}
+
+fn exec(
+    root: &Path,
+    id: &str,
+    cwd: String,
+    env: Vec<String>,
+    command: Vec<String>,
+) -> Result<i32, Box<dyn std::error::Error>> {
+    let c = Container::load(root, id)?;
+    let mut process = container::ProcessConfig::new(command);
+    process.cwd = cwd;
+    process.env.extend(env);
+    let pid = c.exec(&process, container::Stdio::default())?;
+    let mut status = 0;
+    // SAFETY: waiting for the child exec just started; status is a valid out-pointer.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    })
 }
 
 /// `SIGKILL`, `KILL`, `kill` or `9`.

@@ -97,10 +97,12 @@ pub struct IdMap {
 }
 
 /// Which seccomp filter to install.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeccompPolicy {
     /// [`sandbox::seccomp::default_profile`].
     Default,
+    /// A profile from the bundle's `linux.seccomp`.
+    Profile(sandbox::seccomp::Profile),
     /// No filter (explicitly asked for).
     Unconfined,
 }

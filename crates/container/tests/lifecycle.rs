@@ -287,3 +287,32 @@ fn snapshot_copies_the_upper_dir_of_a_running_container() {
     assert_eq!(c.status(), Status::Running, "thawed after the copy");
     c.delete(true).unwrap();
 }
+
+#[test]
+fn bundle_seccomp_profile_is_enforced() {
+    let bundle = runc_bundle(&[
+        "sh",
+        "-c",
+        "mkdir /dev/shm/a 2>&1; echo rc=$?; touch /dev/shm/f && echo touched",
+    ]);
+    let path = bundle.path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EACCES}
+        ]
+    });
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let spec = Spec::load(bundle.path()).unwrap();
+    let cfg = to_config(&spec, &unique("seccomp"), bundle.path()).unwrap();
+    let f = run(&cfg);
+    assert!(f.output.contains("Permission denied"), "{}", f.output);
+    assert!(f.output.contains("rc=1"), "{}", f.output);
+    assert!(
+        f.output.contains("touched"),
+        "other calls still allowed: {}",
+        f.output
+    );
+}

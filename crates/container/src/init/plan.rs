@@ -218,8 +218,9 @@ pub fn build(cfg: &ContainerConfig, inp: PlanInputs) -> Result<InitPlan, PlanErr
         .into_iter()
         .map(|p| cstr(p, "process.args[0]"))
         .collect::<Result<_, _>>()?;
-    let seccomp = match cfg.seccomp {
+    let seccomp = match &cfg.seccomp {
         SeccompPolicy::Default => sandbox::seccomp::default_profile()?,
+        SeccompPolicy::Profile(p) => p.compile()?,
         SeccompPolicy::Unconfined => Vec::new(),
     };
     let argv: Vec<CString> = process

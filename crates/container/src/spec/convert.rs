@@ -214,6 +214,9 @@ fn convert_linux(cfg: &mut ContainerConfig, l: &super::Linux) -> Result<(), Spec
             .devices
             .extend(implicit_device_rules(&cfg.devices));
     }
+    if let Some(sc) = &l.seccomp {
+        cfg.seccomp = SeccompPolicy::Profile(convert_seccomp(sc)?);
+    }
     Ok(())
 }
 
@@ -236,6 +239,43 @@ fn implicit_device_rules(devices: &[DeviceNode]) -> Vec<DeviceRule> {
     rules.push(rule('c', 5, Some(2))); // /dev/ptmx
     rules.push(rule('c', 136, None)); // /dev/pts/*
     rules
+}
+
+fn convert_seccomp(sc: &super::Seccomp) -> Result<sandbox::seccomp::Profile, SpecError> {
+    use sandbox::seccomp::{Action, ArgCmp, Profile, SyscallRule};
+    let action = |name: &str, errno: Option<u32>| {
+        Action::from_oci(name, errno)
+            .ok_or_else(|| invalid(format!("linux.seccomp: unknown action {name:?}")))
+    };
+    let rules = sc
+        .syscalls
+        .iter()
+        .map(|c| {
+            Ok(SyscallRule {
+                names: c.names.clone(),
+                action: action(&c.action, c.errno_ret)?,
+                args: c
+                    .args
+                    .iter()
+                    .map(|a| {
+                        Ok(ArgCmp {
+                            index: a.index,
+                            value: a.value,
+                            value_two: a.value_two,
+                            op: a
+                                .op
+                                .0
+                                .ok_or_else(|| invalid("linux.seccomp: argument without op"))?,
+                        })
+                    })
+                    .collect::<Result<_, SpecError>>()?,
+            })
+        })
+        .collect::<Result<_, SpecError>>()?;
+    Ok(Profile {
+        default_action: action(&sc.default_action, sc.default_errno_ret)?,
+        rules,
+    })
 }
 
 fn convert_resources(r: &super::Resources) -> Result<Resources, SpecError> {
@@ -322,6 +362,28 @@ mod tests {
             err.to_string().contains("linux.namespaces[type=pid].path"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn seccomp_profile_converts_and_flags_are_unsupported() {
+        let text = r#"{"ociVersion":"1.0.2","root":{"path":"r"},
+            "process":{"args":["true"],"cwd":"/"},
+            "linux":{"seccomp":{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
+              "syscalls":[{"names":["read","write"],"action":"SCMP_ACT_ALLOW"},
+                {"names":["personality"],"action":"SCMP_ACT_ALLOW",
+                 "args":[{"index":0,"value":0,"op":"SCMP_CMP_EQ"}]}]}}}"#;
+        let cfg = to_config(&Spec::parse(text).unwrap(), "x", Path::new("/b")).unwrap();
+        let SeccompPolicy::Profile(p) = &cfg.seccomp else {
+            panic!("no profile: {:?}", cfg.seccomp);
+        };
+        assert_eq!(p.rules.len(), 2);
+        assert_eq!(p.compile().unwrap().len(), 1);
+        let flagged = text.replace(
+            r#""syscalls""#,
+            r#""flags":["SECCOMP_FILTER_FLAG_LOG"],"syscalls""#,
+        );
+        let err = to_config(&Spec::parse(&flagged).unwrap(), "x", Path::new("/b")).unwrap_err();
+        assert!(err.to_string().contains("linux.seccomp.flags"), "{err}");
     }
 
     #[test]

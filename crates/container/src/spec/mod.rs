@@ -167,8 +167,60 @@ pub struct Linux {
     pub sysctl: BTreeMap<String, String>,
     pub rootfs_propagation: Option<String>,
     pub mount_label: Option<String>,
+    pub seccomp: Option<Seccomp>,
     #[serde(flatten)]
     pub other: Other,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Seccomp {
+    pub default_action: String,
+    pub default_errno_ret: Option<u32>,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    #[serde(default)]
+    pub flags: Vec<String>,
+    #[serde(default)]
+    pub syscalls: Vec<SeccompSyscall>,
+    #[serde(flatten)]
+    pub other: Other,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompSyscall {
+    pub names: Vec<String>,
+    pub action: String,
+    pub errno_ret: Option<u32>,
+    #[serde(default)]
+    pub args: Vec<SeccompArg>,
+    #[serde(flatten)]
+    pub other: Other,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompArg {
+    pub index: u8,
+    pub value: u64,
+    #[serde(default)]
+    pub value_two: u64,
+    #[serde(default)]
+    pub op: SeccompOp,
+}
+
+/// The operator name, kept as text and checked in conversion.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct SeccompOp(#[serde(deserialize_with = "op_name")] pub Option<sandbox::seccomp::CmpOp>);
+
+fn op_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<sandbox::seccomp::CmpOp>, D::Error> {
+    let s = String::deserialize(d)?;
+    sandbox::seccomp::CmpOp::from_oci(&s)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown seccomp operator {s:?}")))
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -330,6 +382,12 @@ impl Spec {
             for (i, d) in l.devices.iter().enumerate() {
                 other(&format!("linux.devices[{i}]."), &d.other);
             }
+            if let Some(sc) = &l.seccomp {
+                other("linux.seccomp.", &sc.other);
+                for (i, c) in sc.syscalls.iter().enumerate() {
+                    other(&format!("linux.seccomp.syscalls[{i}]."), &c.other);
+                }
+            }
             if let Some(r) = &l.resources {
                 other("linux.resources.", &r.other);
                 for (i, d) in r.devices.iter().enumerate() {
@@ -376,6 +434,9 @@ impl Spec {
         if let Some(l) = &self.linux {
             if l.mount_label.as_deref().is_some_and(|s| !s.is_empty()) {
                 out.push("linux.mountLabel".into());
+            }
+            if l.seccomp.as_ref().is_some_and(|s| !s.flags.is_empty()) {
+                out.push("linux.seccomp.flags".into());
             }
         }
     }

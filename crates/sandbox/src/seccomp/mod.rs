@@ -6,6 +6,11 @@
 //! process a full capability set). `clone3` answers `ENOSYS` so libc falls back to `clone`,
 //! whose flags the filter can see.
 
+mod names_x86_64;
+mod profile;
+
+pub use profile::{Action, ArgCmp, CmpOp, Profile, SyscallRule};
+
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -90,11 +95,30 @@ fn compile(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     action: SeccompAction,
 ) -> Result<Vec<libc::sock_filter>, SeccompError> {
-    let filter =
-        SeccompFilter::new(rules, SeccompAction::Allow, action, arch()).map_err(SeccompError)?;
+    compile_with(rules, SeccompAction::Allow, action)
+}
+
+fn compile_with(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    action: SeccompAction,
+) -> Result<Vec<libc::sock_filter>, SeccompError> {
+    let filter = SeccompFilter::new(rules, mismatch, action, arch()).map_err(SeccompError)?;
     BpfProgram::try_from(filter)
         .map(to_libc)
         .map_err(SeccompError)
+}
+
+/// The number of syscall `name` on this architecture.
+pub fn syscall_number(name: &str) -> Option<i64> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    let table = names_x86_64::SYSCALLS;
+    table
+        .binary_search_by(|(n, _)| (*n).cmp(name))
+        .ok()
+        .map(|i| table[i].1)
 }
 
 /// The default profile as BPF programs, to be installed in order.

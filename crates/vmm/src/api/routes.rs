@@ -36,19 +36,21 @@ fn required_body<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
         .map_err(|e| error_response(400, format!("invalid request body: {e}")))
 }
 
+/// Every (path, method) the API serves; `docs/api/vm.json` documents exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("/vm", "GET"),
+    ("/vm/pause", "PUT"),
+    ("/vm/resume", "PUT"),
+    ("/vm/shutdown", "PUT"),
+    ("/vm/reboot", "PUT"),
+    ("/vm/snapshot", "PUT"),
+    ("/metrics", "GET"),
+];
+
 /// Maps a request to an operation.
 pub fn route(req: &Request) -> Result<ApiRequest, Response> {
     let path = req.path.split('?').next().unwrap_or("");
-    let known: &[(&str, &str)] = &[
-        ("/vm", "GET"),
-        ("/vm/pause", "PUT"),
-        ("/vm/resume", "PUT"),
-        ("/vm/shutdown", "PUT"),
-        ("/vm/reboot", "PUT"),
-        ("/vm/snapshot", "PUT"),
-        ("/metrics", "GET"),
-    ];
-    let Some((_, method)) = known.iter().find(|(p, _)| *p == path) else {
+    let Some((_, method)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return Err(error_response(404, format!("no such resource: {path}")));
     };
     if req.method != *method {

@@ -109,12 +109,17 @@ fn user_namespace_maps_root_to_an_unprivileged_host_id() {
 /// A bundle as `runc spec` writes it, rewritten only to point at the busybox rootfs,
 /// without a terminal, and with our command.
 fn runc_bundle(args: &[&str]) -> tempfile::TempDir {
+    spec_bundle("runc", args)
+}
+
+/// A bundle from `TOOL spec` (runc or crun), rewritten as above.
+fn spec_bundle(tool: &str, args: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let st = std::process::Command::new("runc")
+    let st = std::process::Command::new(tool)
         .arg("spec")
         .current_dir(dir.path())
         .status()
-        .expect("runc is installed (apt-get install runc)");
+        .unwrap_or_else(|e| panic!("{tool} is installed (scripts/setup-host.sh): {e}"));
     assert!(st.success());
     let path = dir.path().join("config.json");
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -157,6 +162,26 @@ fn runc_spec_bundle_runs_unchanged_through_the_oci_lifecycle() {
         "{out}"
     );
     c.delete(false).unwrap();
+}
+
+#[test]
+fn crun_spec_bundle_runs_unchanged() {
+    let bundle = spec_bundle(
+        "crun",
+        &["sh", "-c", "hostname; grep CapBnd /proc/self/status"],
+    );
+    let spec = Spec::load(bundle.path()).unwrap();
+    let cfg = to_config(&spec, &unique("crun"), bundle.path()).unwrap();
+    let f = run(&cfg);
+    assert_eq!(f.code, 0, "{}", f.output);
+    let mut lines = f.output.lines();
+    assert_eq!(lines.next(), Some("crun"));
+    // CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE, as crun spec lists them.
+    assert!(
+        lines.next().unwrap().ends_with("0000000020000420"),
+        "{}",
+        f.output
+    );
 }
 
 #[test]

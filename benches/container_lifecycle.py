@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Container lifecycle benchmark: create + start + wait + delete of /bin/true.
 
-kapsel, crun and runc run the same busybox bundle (as `runc spec` writes it, pointed at
+kapsel (both `kapsel oci`, the full CLI, and `kapsel-oci`, the lean runtime binary), crun
+and runc run the same busybox bundle (as `runc spec` writes it, pointed at
 the busybox rootfs, no terminal), interleaved in a shuffled order each round. Reports the
 median and p90 wall time of the whole cycle, the ratio to crun, and the runtime processes'
 peak RSS (max over the create/start/delete invocations, from wait4).
@@ -93,11 +94,13 @@ def inner(args):
         check=True, capture_output=True, text=True).stdout.strip()
     bundle = make_bundle(rootfs)
     runtimes = {
-        "kapsel": [args.kapsel, "oci"],
+        "kapsel oci": [args.kapsel, "oci"],
+        "kapsel-oci": [args.kapsel_oci],
         "crun": ["crun"],
         "runc": ["runc"],
     }
-    roots = {rt: tempfile.mkdtemp(prefix=f"kapsel-bench-{rt}-") for rt in runtimes}
+    roots = {rt: tempfile.mkdtemp(prefix=f"kapsel-bench-{rt.replace(' ', '-')}-")
+             for rt in runtimes}
     times = {rt: [] for rt in runtimes}
     rss = {rt: [] for rt in runtimes}
     try:
@@ -105,7 +108,8 @@ def inner(args):
             order = list(runtimes)
             random.shuffle(order)
             for rt in order:
-                dt, peak = cycle(rt, runtimes[rt], roots[rt], bundle, f"bench-{rt}-{i}")
+                cid = f"bench-{rt.replace(' ', '-')}-{i}"
+                dt, peak = cycle(rt, runtimes[rt], roots[rt], bundle, cid)
                 if i >= args.warmup:
                     times[rt].append(dt)
                     rss[rt].append(peak)
@@ -137,6 +141,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--kapsel", default=os.path.join(REPO, "target/release/kapsel"))
+    ap.add_argument("--kapsel-oci", default=os.path.join(REPO, "target/release/kapsel-oci"),
+                    help="the lean OCI runtime binary (cargo build --release -p container)")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -144,15 +150,18 @@ def main():
     for tool in ("runc", "crun", "/usr/bin/time"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install -y runc crun time")
-    if not os.access(args.kapsel, os.X_OK):
-        sys.exit(f"{args.kapsel} not found: cargo build --release -p kapsel")
+    for binary in (args.kapsel, args.kapsel_oci):
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"{binary} not found: cargo build --release -p kapsel -p container")
     args.kapsel = os.path.abspath(args.kapsel)
+    args.kapsel_oci = os.path.abspath(args.kapsel_oci)
     if args.inner:
         inner(args)
         return
     cmd = ["unshare", "-m", "--propagation", "private", sys.executable,
            os.path.abspath(__file__), "--inner", "--rounds", str(args.rounds),
-           "--warmup", str(args.warmup), "--kapsel", args.kapsel]
+           "--warmup", str(args.warmup), "--kapsel", args.kapsel,
+           "--kapsel-oci", args.kapsel_oci]
     sys.exit(subprocess.call(cmd))
 
 

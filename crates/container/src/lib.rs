@@ -12,6 +12,7 @@ mod error;
 pub mod foreground;
 pub mod image;
 pub mod init;
+pub mod oci;
 pub mod process;
 pub mod spec;
 pub mod state;

@@ -2,8 +2,7 @@
 //! tools that drive runc or crun can drive kapsel.
 
 use clap::{Args, Subcommand};
-use container::spec::{to_config, Spec};
-use container::{Container, CreateOptions, DEFAULT_STATE_ROOT};
+use container::{oci, DEFAULT_STATE_ROOT};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -80,7 +79,7 @@ pub fn run(args: OciArgs) -> ExitCode {
         command,
     } = args.command
     {
-        return match exec(&args.root, &id, cwd, env, command) {
+        return match oci::exec(&args.root, &id, cwd, env, command) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => super::fail(e.as_ref(), 125),
         };
@@ -100,115 +99,20 @@ fn dispatch(root: &Path, cmd: OciCommand) -> Res {
             bundle,
             console_socket,
             pid_file,
-        } => create(root, &id, &bundle, console_socket, pid_file),
-        OciCommand::Start { id } => Ok(Container::load(root, &id)?.start()?),
+        } => oci::create(root, &id, &bundle, console_socket, pid_file),
+        OciCommand::Start { id } => oci::start(root, &id),
         OciCommand::State { id } => {
-            let state = Container::load(root, &id)?.oci_state();
-            println!("{}", serde_json::to_string_pretty(&state)?);
+            println!("{}", oci::state(root, &id)?);
             Ok(())
         }
-        OciCommand::Kill { id, signal, all } => {
-            let sig = parse_signal(&signal).ok_or_else(|| format!("unknown signal {signal:?}"))?;
-            Ok(Container::load(root, &id)?.kill(sig, all)?)
-        }
-        OciCommand::Delete { id, force } => Ok(Container::load(root, &id)?.delete(force)?),
+        OciCommand::Kill { id, signal, all } => oci::kill(root, &id, &signal, all),
+        OciCommand::Delete { id, force } => oci::delete(root, &id, force),
         OciCommand::Exec { .. } => Err("exec is handled by run".into()),
-        OciCommand::Pause { id } => Ok(Container::load(root, &id)?.pause()?),
-        OciCommand::Resume { id } => Ok(Container::load(root, &id)?.resume()?),
+        OciCommand::Pause { id } => oci::pause(root, &id, true),
+        OciCommand::Resume { id } => oci::pause(root, &id, false),
         OciCommand::List => {
-            println!("{:<24} {:>8} {:<8} BUNDLE", "ID", "PID", "STATUS");
-            for id in Container::list(root) {
-                if let Ok(c) = Container::load(root, &id) {
-                    let s = c.oci_state();
-                    println!("{:<24} {:>8} {:<8} {}", s.id, s.pid, s.status, s.bundle);
-                }
-            }
+            print!("{}", oci::list(root));
             Ok(())
         }
-    }
-}
-
-fn create(
-    root: &Path,
-    id: &str,
-    bundle: &Path,
-    console_socket: Option<PathBuf>,
-    pid_file: Option<PathBuf>,
-) -> Res {
-    let bundle = bundle
-        .canonicalize()
-        .map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
-    let spec = Spec::load(&bundle)?;
-    let cfg = to_config(&spec, id, &bundle)?;
-    if cfg.process.terminal && console_socket.is_none() {
-        return Err("process.terminal is true: --console-socket is required".into());
-    }
-    let mut opts = CreateOptions::oci(root);
-    opts.console_socket = console_socket;
-    let c = Container::create(&cfg, &opts)?;
-    if let Some(p) = pid_file {
-        std::fs::write(&p, c.pid().to_string()).map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    Ok(())
-}
-
-fn exec(
-    root: &Path,
-    id: &str,
-    cwd: String,
-    env: Vec<String>,
-    command: Vec<String>,
-) -> Result<i32, Box<dyn std::error::Error>> {
-    let c = Container::load(root, id)?;
-    let mut process = container::ProcessConfig::new(command);
-    process.cwd = cwd;
-    process.env.extend(env);
-    let pid = c.exec(&process, container::Stdio::default())?;
-    let mut status = 0;
-    // SAFETY: waiting for the child exec just started; status is a valid out-pointer.
-    if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
-    } else {
-        libc::WEXITSTATUS(status)
-    })
-}
-
-/// `SIGKILL`, `KILL`, `kill` or `9`.
-pub fn parse_signal(s: &str) -> Option<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    Some(match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TERM" => libc::SIGTERM,
-        "CONT" => libc::SIGCONT,
-        "STOP" => libc::SIGSTOP,
-        "WINCH" => libc::SIGWINCH,
-        "ALRM" => libc::SIGALRM,
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_by_name_and_number() {
-        assert_eq!(parse_signal("SIGKILL"), Some(9));
-        assert_eq!(parse_signal("term"), Some(15));
-        assert_eq!(parse_signal("2"), Some(2));
-        assert_eq!(parse_signal("0"), None);
-        assert_eq!(parse_signal("SIGFOO"), None);
     }
 }

@@ -408,6 +408,7 @@ impl Spec {
             }
         }
         self.unsupported_values(&mut out);
+        out.sort();
         out
     }
 

@@ -100,16 +100,6 @@ fn init_logging(filter: &str) {
 
 /// Prints `e` and its causes as one line (`kapsel: what: why: why`) and returns `code`.
 pub fn fail(e: &dyn Error, code: u8) -> ExitCode {
-    let mut line = format!("kapsel: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    eprintln!("{line}");
+    ::container::oci::print_error(e);
     ExitCode::from(code)
 }

@@ -271,7 +271,13 @@ impl Worker {
                 self.rx_admitted = true;
             }
             let Some(chain) = self.rx.queue.pop_descriptor_chain(&self.mem) else {
-                break;
+                // out of guest buffers: ask for a kick when the guest adds some (with
+                // EVENT_IDX this publishes avail_event; without it the guest never kicks
+                // the RX queue again), unless it added some meanwhile
+                match self.rx.queue.enable_notification(&self.mem) {
+                    Ok(true) => continue,
+                    _ => break,
+                }
             };
             let head = chain.head_index();
             let len = self.rx_pending;

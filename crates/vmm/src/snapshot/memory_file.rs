@@ -78,7 +78,15 @@ pub fn dump(mem: &GuestMemoryMmap, file: &mut File) -> std::io::Result<MemoryLay
         // `mem` for the duration of this call; the vCPUs are paused, so the bytes are only
         // read here. Guest memory holds no Rust references, so a shared slice is sound.
         let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, size as usize) };
-        write_sparse(file, bytes, offset)?;
+        // Anonymous memory the guest never touched reads as zeros: skip it without reading
+        // (a read would fault in the zero page, page by page). Memory mapped from a snapshot
+        // file is different: its untouched pages hold the file's data.
+        let resident = if region.file_offset().is_none() {
+            touched_pages(host, size as usize)
+        } else {
+            None
+        };
+        write_sparse(file, bytes, offset, resident.as_deref())?;
         offset += size;
     }
     file.set_len(offset)?;
@@ -86,19 +94,58 @@ pub fn dump(mem: &GuestMemoryMmap, file: &mut File) -> std::io::Result<MemoryLay
     Ok(layout)
 }
 
-/// Writes `bytes` at `offset`, leaving all-zero pages as holes; runs of non-zero pages go in
-/// one write each.
-fn write_sparse(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+/// Which pages of the anonymous mapping at `host` the guest ever touched, one flag per page,
+/// from `/proc/self/pagemap` (present or swapped out); `None` when it cannot be read (then
+/// every page is read). Untouched anonymous pages read as zeros.
+fn touched_pages(host: *mut u8, size: usize) -> Option<Vec<bool>> {
+    use std::os::unix::fs::FileExt;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let pagemap = File::open("/proc/self/pagemap").ok()?;
+    let pages = size.div_ceil(PAGE);
+    let mut raw = vec![0u8; pages * 8];
+    let start = (host as usize / PAGE) as u64 * 8;
+    let mut done = 0;
+    while done < raw.len() {
+        let n = pagemap
+            .read_at(&mut raw[done..], start + done as u64)
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        done += n;
+    }
+    Some(
+        raw.chunks_exact(8)
+            .map(|e| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(e);
+                u64::from_le_bytes(b) & (PRESENT | SWAPPED) != 0
+            })
+            .collect(),
+    )
+}
+
+/// Writes `bytes` at `offset`, leaving all-zero pages (and pages `resident` marks untouched)
+/// as holes; runs of non-zero pages go in one write each.
+fn write_sparse(
+    file: &File,
+    bytes: &[u8],
+    offset: u64,
+    resident: Option<&[bool]>,
+) -> std::io::Result<()> {
     let pages = bytes.len().div_ceil(PAGE);
     let page = |i: usize| &bytes[i * PAGE..((i + 1) * PAGE).min(bytes.len())];
+    let has_data =
+        |i: usize| resident.is_none_or(|r| r.get(i).copied().unwrap_or(true)) && !is_zero(page(i));
     let mut i = 0;
     while i < pages {
-        if is_zero(page(i)) {
+        if !has_data(i) {
             i += 1;
             continue;
         }
         let start = i;
-        while i < pages && !is_zero(page(i)) && (i - start) * PAGE < CHUNK {
+        while i < pages && has_data(i) && (i - start) * PAGE < CHUNK {
             i += 1;
         }
         let end = (i * PAGE).min(bytes.len());
@@ -172,6 +219,22 @@ mod tests {
         restored.write_obj(7u64, GuestAddress(0)).unwrap();
         let again = map(&f, &layout).unwrap();
         assert_eq!(again.read_obj::<u64>(GuestAddress(0)).unwrap(), 0);
+        // A snapshot of restored (file-backed) memory keeps the file's data, resident or not.
+        let path2 = path.with_extension("again");
+        let mut f2 = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path2)
+            .unwrap();
+        let layout2 = dump(&again, &mut f2).unwrap();
+        let third = map(&f2, &layout2).unwrap();
+        assert_eq!(
+            third.read_obj::<u32>(GuestAddress((1 << 30) + 5)).unwrap(),
+            0x1234
+        );
+        std::fs::remove_file(&path2).unwrap();
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -62,11 +62,16 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 fn testbed_vsock_10mb_each_way() {
     let tool = vsock_tool();
     let archive = tool_archive(&tool);
+    // devtmpfs first: the initramfs's static /dev has no urandom; `m TAG CMD…` runs CMD and
+    // prints `TAG-SECS=` (guest uptime, hundredths) on stderr, away from CMD's redirected output
     let guest_cmds = format!(
-        "dd if=/dev/urandom of=/tmp/g2h bs=1M count={MB} 2>/dev/null; \
+        "mount -t devtmpfs devtmpfs /dev 2>/dev/null; t() {{ cut -d' ' -f1 /proc/uptime; }}; \
+         m() {{ tag=$1; shift; a=$(t); \"$@\"; rc=$?; b=$(t); \
+         echo \"$tag-SECS=$(awk -v a=$a -v b=$b 'BEGIN{{print b-a}}')\" >&2; return $rc; }}; \
+         dd if=/dev/urandom of=/tmp/g2h bs=1M count={MB} 2>/dev/null; \
          echo G2H-GUEST-MD5 $(md5sum < /tmp/g2h); \
-         vsock-tool connect 2 5000 < /tmp/g2h > /dev/null; echo G2H-RC=$?; \
-         vsock-tool listen 6000 > /tmp/h2g; echo H2G-RC=$?; \
+         m G2H vsock-tool connect 2 5000 < /tmp/g2h > /dev/null; echo G2H-RC=$?; \
+         m H2G vsock-tool listen 6000 > /tmp/h2g; echo H2G-RC=$?; \
          echo H2G-GUEST-MD5 $(md5sum < /tmp/h2g); echo H2G-GUEST-BYTES $(wc -c < /tmp/h2g); \
          poweroff -f"
     );
@@ -138,6 +143,14 @@ wait
         field(c, "H2G-GUEST-MD5 "),
         "host → guest data intact"
     );
+    for dir in ["G2H", "H2G"] {
+        if let Some(secs) = field(c, &format!("{dir}-SECS=")).and_then(|s| s.parse::<f64>().ok()) {
+            println!(
+                "{dir}: {MB} MB in {secs:.2} s ({:.1} MB/s)",
+                f64::from(MB) / secs.max(0.01)
+            );
+        }
+    }
     assert!(
         out.contains("SOCKET-GONE"),
         "kapsel removes its socket on exit"

@@ -177,7 +177,7 @@ fn run() -> &'static TestBedRun {
             .guest_file("initramfs-busybox.cpio.gz", "initramfs.cpio.gz")
             .memory("3G")
             .scenario(&scenario())
-            .timeout(Duration::from_secs(900))
+            .timeout(Duration::from_secs(600))
             .try_run()
             .map_err(|e| format!("test bed lifecycle: {e}"))?;
         print_timings(&run);

@@ -109,7 +109,7 @@ fn testbed_linux_boots_bzimage_and_vmlinux_with_1_2_4_vcpus() {
     let run = linux_testbed("linux-vcpus")
         .guest_file("vmlinux", "vmlinux")
         .scenario_with_prelude(&script)
-        .timeout(Duration::from_secs(1200))
+        .timeout(Duration::from_secs(600))
         .run();
     print_timings("boots_bzimage_and_vmlinux", &run);
     for (name, cpus, mib) in [
@@ -138,7 +138,7 @@ fn testbed_linux_memory_sizes_128m_1g_5g() {
     let run = linux_testbed("linux-memory")
         .memory("8G")
         .scenario_with_prelude(&script)
-        .timeout(Duration::from_secs(1200))
+        .timeout(Duration::from_secs(600))
         .run();
     print_timings("memory_sizes", &run);
     for (name, cpus, mib) in [
@@ -167,7 +167,7 @@ fn testbed_linux_shell_on_stdin_and_ways_to_end() {
     );
     let run = linux_testbed("linux-shell")
         .scenario_with_prelude(&script)
-        .timeout(Duration::from_secs(900))
+        .timeout(Duration::from_secs(600))
         .run();
     print_timings("shell", &run);
     for (name, mark) in [("shell-poweroff", "MARK-42"), ("shell-reboot", "REBOOT-23")] {

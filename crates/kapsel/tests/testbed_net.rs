@@ -16,7 +16,7 @@ fn testbed(name: &str) -> TestBed {
         .guest_file("bzImage", "bzImage")
         .guest_file("initramfs-busybox.cpio.gz", "initramfs.cpio.gz")
         .memory("3G")
-        .timeout(Duration::from_secs(1500))
+        .timeout(Duration::from_secs(420))
 }
 
 /// The value after `KEY ` on the last line of `text` that has it.

@@ -246,7 +246,7 @@ fn testbed_virtio_blk_root_readonly_durability_rng_and_bad_input() {
         .file(data_image(&dir), "data.ext4")
         .file(scratch_image(&dir), "scratch.img")
         .scenario_with_prelude(&scenario())
-        .timeout(Duration::from_secs(1500))
+        .timeout(Duration::from_secs(900))
         .run();
     println!(
         "virtio-blk: {} (attempts {})",

@@ -53,7 +53,7 @@ vm baddisk 60 --kernel bzImage --initrd initramfs.cpio.gz --disk path=/tmp/free.
         .with_kapsel()
         .guest_file("bzImage", "bzImage")
         .guest_file("initramfs-busybox.cpio.gz", "initramfs.cpio.gz")
-        .timeout(Duration::from_secs(900))
+        .timeout(Duration::from_secs(420))
         .scenario_with_prelude(&scenario)
         .run();
     println!("{}", run.result_line().unwrap_or("no NESTED-RESULT"));

@@ -98,7 +98,7 @@ wait
         .guest_file("bzImage", "bzImage")
         .guest_file("initramfs-busybox.cpio.gz", "initramfs.cpio.gz")
         .file(&archive, "vsock-tool.cpio.gz")
-        .timeout(Duration::from_secs(1200))
+        .timeout(Duration::from_secs(420))
         .scenario_with_prelude(&scenario)
         .run();
     println!("{}", run.result_line().unwrap_or("no NESTED-RESULT"));

@@ -174,7 +174,7 @@ fn control_loop(
                 VCPU_EXIT => {
                     let _ = vmm.exit_signal().evt.read();
                     if let Some(reason) = vmm.exit_signal().take() {
-                        return Ok(reason);
+                        return Ok(guest_end_first(vmm, reason));
                     }
                 }
                 RESET => return Ok(VmExitReason::Reset),
@@ -195,6 +195,19 @@ fn control_loop(
                 _ => {}
             }
         }
+    }
+}
+
+/// A guest that already powered off or reset the machine has ended, whatever a vCPU did
+/// after that: real hardware would be off, while here the other vCPUs run on for the moment
+/// the control loop needs to stop them (Linux may triple-fault a CPU it parked).
+fn guest_end_first(vmm: &Vmm, vcpu_reason: VmExitReason) -> VmExitReason {
+    if vmm.devices().shutdown_evt.read().is_ok() {
+        VmExitReason::PowerOff
+    } else if vmm.devices().reset_evt.read().is_ok() {
+        VmExitReason::Reset
+    } else {
+        vcpu_reason
     }
 }
 

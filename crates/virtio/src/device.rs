@@ -68,3 +68,45 @@ pub trait VirtioDevice: Send {
     /// Returns false if the device cannot be reset (the transport then sets NEEDS_RESET).
     fn reset(&mut self) -> bool;
 }
+
+/// Reads device configuration bytes at `offset` out of `config`; bytes past its end (or an
+/// offset a guest made huge) read as zero. The guest controls `offset` and `data.len()`.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let len = config.len() as u64;
+    let start = offset.min(len) as usize;
+    let end = offset.saturating_add(data.len() as u64).min(len) as usize;
+    if start < end {
+        data[..end - start].copy_from_slice(&config[start..end]);
+    }
+}
+
+/// Fails activation unless the driver enabled exactly `expected` queues.
+pub fn check_queue_count(expected: usize, queues: &[QueueHandle]) -> Result<(), ActivateError> {
+    if queues.len() == expected {
+        Ok(())
+    } else {
+        Err(ActivateError::QueueCount {
+            expected,
+            got: queues.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded_and_zero_filled() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut d = [9u8; 3];
+        read_config_bytes(&cfg, 2, &mut d);
+        assert_eq!(d, [3, 4, 0]);
+        read_config_bytes(&cfg, u64::MAX, &mut d);
+        assert_eq!(d, [0, 0, 0]);
+        let mut whole = [0u8; 4];
+        read_config_bytes(&cfg, 0, &mut whole);
+        assert_eq!(whole, cfg);
+    }
+}

@@ -154,14 +154,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = offset.min(CONFIG_LEN as u64) as usize;
-        let end = offset
-            .saturating_add(data.len() as u64)
-            .min(CONFIG_LEN as u64) as usize;
-        if start < end {
-            data[..end - start].copy_from_slice(&self.config[start..end]);
-        }
+        crate::device::read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -180,12 +173,7 @@ impl VirtioDevice for Block {
             return Err(ActivateError::AlreadyActive);
         }
         let mut queues = queues;
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
+        crate::device::check_queue_count(1, &queues)?;
         let QueueHandle { index, queue, kick } = queues.remove(0);
         let gate = (self.gate_factory)();
         let extra: Vec<_> = gate.wake_fd().into_iter().collect();

@@ -177,14 +177,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.config_space.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::device::read_config_bytes(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -201,12 +194,7 @@ impl VirtioDevice for Net {
         if self.running.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
+        crate::device::check_queue_count(NUM_QUEUES, &queues)?;
         if let Some(tap) = &self.tap {
             tap.set_offload(tap_offloads(self.acked_features))
                 .map_err(|e| ActivateError::Backend(e.to_string()))?;

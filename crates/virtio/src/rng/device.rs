@@ -141,12 +141,7 @@ impl VirtioDevice for Rng {
             return Err(ActivateError::AlreadyActive);
         }
         let mut queues = queues;
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
+        crate::device::check_queue_count(1, &queues)?;
         let QueueHandle {
             index,
             mut queue,

@@ -117,14 +117,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::device::read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -140,12 +133,7 @@ impl VirtioDevice for Vsock {
         if self.running.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
+        crate::device::check_queue_count(NUM_QUEUES, &queues)?;
         let (mut rx, mut tx, mut evt) = (None, None, None);
         for q in queues {
             match q.index {

@@ -84,17 +84,22 @@ fn testbed_net_ping_and_100mb_each_way_over_tap() {
 dd if=/dev/urandom of=/tmp/h2g bs=1M count={MB} 2>/dev/null
 echo "H2G-HOST-MD5 $(md5sum < /tmp/h2g)"
 (nc -l -p 5001 -e sh -c 'cat > /tmp/g2h'; echo "G2H-HOST-MD5 $(md5sum < /tmp/g2h)"; echo "G2H-HOST-BYTES $(wc -c < /tmp/g2h)"; rm -f /tmp/g2h) &
+g2h=$!
 (i=0; while [ $i -lt 900 ] && ! ping -c 1 -W 1 10.0.2.15 >/dev/null 2>&1; do sleep 1; i=$((i+1)); done
  ping -c 3 -W 5 10.0.2.15 >/dev/null; echo "HOST-PING-RC=$?"
  i=0; while [ $i -lt 900 ]; do
    if nc 10.0.2.15 5002 < /tmp/h2g 2>/dev/null; then echo H2G-HOST-SENT; break; fi
    sleep 1; i=$((i+1)); done) &
+h2g=$!
 vm_shell net 1200 {cmds} --kernel bzImage --initrd initramfs.cpio.gz --cmdline {cmdline} --cpus 2 --memory 512M --net tap=auto,ip=10.0.2.1/24
 if ip link show kapsel0 >/dev/null 2>&1; then echo TAP-LEFT; else echo TAP-GONE; fi
 vm badtap 60 --kernel bzImage --initrd initramfs.cpio.gz --net tap=lo
 vm badnet 60 --kernel bzImage --initrd initramfs.cpio.gz --net tap=auto,colour=red
 vm nonet 60 --kernel bzImage --initrd initramfs.cpio.gz --net mac=52:54:00:00:00:01
 vm badvsock 60 --kernel bzImage --initrd initramfs.cpio.gz --vsock cid=2,socket=/tmp/v.sock
+# The VM has ended: in a good run both transfers are done; if it died early, the L1 ends
+# must not keep the test bed waiting into its timeout.
+kill $g2h $h2g 2>/dev/null
 wait
 "#,
         cmds = sh_quote(&guest_cmds),

@@ -105,8 +105,20 @@ wait
         cmds = sh_quote(&guest_cmds),
         cmdline = sh_quote(CMDLINE),
     );
-    let run = testbed("net").scenario_with_prelude(&scenario).run();
+    let mut run = testbed("net").scenario_with_prelude(&scenario).run();
     print_boots(&run);
+    // A guest vCPU sometimes triple-faults in the test bed under this load (seen 2 times in
+    // about 8 runs here, the same family as the 4-vCPU boot flake in testbed_linux; cause not
+    // found yet). One fresh attempt, loudly: before the L1 ends were stopped above, such a
+    // run hung into the test-bed timeout and was retried by the harness anyway.
+    if run.boot("net").rc == Some(3) {
+        println!(
+            "WARNING: the net VM triple-faulted; retrying the scenario once. Console:\n{}",
+            run.boot("net").console
+        );
+        run = testbed("net").scenario_with_prelude(&scenario).run();
+        print_boots(&run);
+    }
     let out = &run.output;
     let net = run.boot("net");
     let c = &net.console;

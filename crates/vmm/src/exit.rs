@@ -11,8 +11,9 @@ pub enum VmExitReason {
     Reset,
     /// The host asked kapsel to stop (SIGINT/SIGTERM, console escape).
     Stopped,
-    /// Triple fault: the CPU shut down.
-    TripleFault { vcpu: u8 },
+    /// Triple fault: the CPU shut down. `registers` summarizes where the guest was (rip,
+    /// paging and descriptor tables), so an intermittent fault leaves something to debug.
+    TripleFault { vcpu: u8, registers: String },
     /// KVM could not run the guest (emulation failure, failed entry, unknown exit).
     KvmError { vcpu: u8, detail: String },
     /// The guest reported a crash (`KVM_SYSTEM_EVENT_CRASH`).
@@ -52,8 +53,12 @@ impl fmt::Display for VmExitReason {
             VmExitReason::PowerOff => write!(f, "guest powered off"),
             VmExitReason::Reset => write!(f, "guest rebooted"),
             VmExitReason::Stopped => write!(f, "stopped on request"),
-            VmExitReason::TripleFault { vcpu } => {
-                write!(f, "guest triple fault on vCPU {vcpu} (CPU shutdown)")
+            VmExitReason::TripleFault { vcpu, registers } => {
+                write!(f, "guest triple fault on vCPU {vcpu} (CPU shutdown)")?;
+                if !registers.is_empty() {
+                    write!(f, " at {registers}")?;
+                }
+                Ok(())
             }
             VmExitReason::KvmError { vcpu, detail } => {
                 write!(f, "KVM cannot run vCPU {vcpu}: {detail}")
@@ -70,7 +75,10 @@ mod tests {
     #[test]
     fn failures_have_distinct_nonzero_codes() {
         let fails = [
-            VmExitReason::TripleFault { vcpu: 0 },
+            VmExitReason::TripleFault {
+                vcpu: 0,
+                registers: String::new(),
+            },
             VmExitReason::KvmError {
                 vcpu: 0,
                 detail: String::new(),

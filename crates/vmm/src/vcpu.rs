@@ -240,6 +240,31 @@ impl VcpuThread {
         self.vcpu.set_immediate_exit(false);
     }
 
+    /// The registers that explain a CPU shutdown, on one line: where the guest was, its
+    /// stack, paging and descriptor tables.
+    fn fault_registers(&self) -> String {
+        match (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                "rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} \
+                 cr4 {:#x} efer {:#x} idt {:#x}/{:#x} gdt {:#x}/{:#x}",
+                r.rip,
+                r.rsp,
+                r.rflags,
+                s.cs.selector,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.idt.base,
+                s.idt.limit,
+                s.gdt.base,
+                s.gdt.limit
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("unknown registers ({e})"),
+        }
+    }
+
     /// One `KVM_RUN`; returns why the VM must end, if it must.
     fn run_once(&mut self) -> Option<VmExitReason> {
         let id = self.vcpu.id();
@@ -280,7 +305,10 @@ impl VcpuThread {
             }
             VmExit::Interrupted => None,
             VmExit::Hlt => Some(VmExitReason::PowerOff),
-            VmExit::Shutdown => Some(VmExitReason::TripleFault { vcpu: id }),
+            VmExit::Shutdown => Some(VmExitReason::TripleFault {
+                vcpu: id,
+                registers: String::new(),
+            }),
             VmExit::SystemEvent { kind } => Some(match kind {
                 SYSTEM_EVENT_SHUTDOWN => VmExitReason::PowerOff,
                 SYSTEM_EVENT_RESET => VmExitReason::Reset,
@@ -304,13 +332,19 @@ impl VcpuThread {
             }),
         };
         end.map(|mut reason| {
-            if let VmExitReason::KvmError { detail, .. } = &mut reason {
-                if let (Ok(regs), Ok(sregs)) = (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
-                    detail.push_str(&format!(
-                        " at rip {:#x} (cr0 {:#x}, efer {:#x})",
-                        regs.rip, sregs.cr0, sregs.efer
-                    ));
+            match &mut reason {
+                VmExitReason::KvmError { detail, .. } => {
+                    if let (Ok(regs), Ok(sregs)) = (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
+                        detail.push_str(&format!(
+                            " at rip {:#x} (cr0 {:#x}, efer {:#x})",
+                            regs.rip, sregs.cr0, sregs.efer
+                        ));
+                    }
                 }
+                VmExitReason::TripleFault { registers, .. } => {
+                    *registers = self.fault_registers();
+                }
+                _ => {}
             }
             reason
         })

@@ -5,6 +5,7 @@
 //! files; otherwise, if the unified hierarchy lists it in `cgroup.controllers`, through v2.
 
 pub mod detect;
+pub mod devices;
 mod fs;
 mod resources;
 mod v1;
@@ -54,6 +55,8 @@ pub enum CgroupError {
     BadPath(String),
     #[error("no cgroup hierarchy is mounted")]
     NoHierarchy,
+    #[error("cannot apply device rules")]
+    Devices(#[from] devices::DeviceError),
 }
 
 /// Counters read back from a cgroup.

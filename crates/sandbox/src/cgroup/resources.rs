@@ -65,7 +65,7 @@ pub struct Resources {
     /// Block I/O weight (10..=1000).
     pub blkio_weight: Option<u16>,
     pub blkio_throttle: Vec<Throttle>,
-    /// Device rules in order (v1 only; v2 would need an eBPF program).
+    /// Device rules in order: v1 `devices.allow`/`deny` lines, or a v2 eBPF device program.
     pub devices: Vec<DeviceRule>,
 }
 

@@ -2,7 +2,7 @@
 
 use super::detect::Version;
 use super::resources::{Resources, ThrottleKind};
-use super::{fs, CgroupError, CgroupManager, Stats};
+use super::{devices, fs, CgroupError, CgroupManager, Stats};
 use std::path::{Path, PathBuf};
 use tracing::warn;
 
@@ -131,13 +131,8 @@ impl CgroupManager for V2Manager {
             fs::write(&dir, "pids.max", &v)?;
         }
         self.apply_io(&dir, res)?;
-        let restrictive = res.devices.iter().any(|d| d.allow && d.kind != 'a')
-            || res.devices.iter().any(|d| !d.allow && d.kind != 'a');
-        if restrictive {
-            warn!(
-                "cgroup v2 device rules need an eBPF program, not implemented: \
-                 access is limited to the device nodes created in the container"
-            );
+        if !res.devices.is_empty() {
+            devices::apply(&dir, &res.devices)?;
         }
         Ok(())
     }

@@ -20,7 +20,6 @@ section of BENCHMARKS.md. Python 3 standard library only.
 """
 
 import argparse
-import datetime
 import os
 import re
 import statistics
@@ -28,7 +27,9 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, utc_now, write_section  # noqa: E402,F401  (bl.* for other benches)
+
 SECTION = "## Linux boot (test bed)"
 TARGET_RATIO = 0.5
 CMDLINE = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet"
@@ -281,30 +282,6 @@ def host_kvm():
         pass
     kvm = "kvm_pvm" if os.path.exists("/sys/module/kvm_pvm") else "kvm"
     return f"{os.cpu_count()} × {cpu}, /dev/kvm from {kvm}"
-
-
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def write_section(section, text):
-    """Replaces SECTION (up to the next `## `) in BENCHMARKS.md, or appends it."""
-    path = os.path.join(ROOT, "BENCHMARKS.md")
-    try:
-        with open(path) as f:
-            old = f.read()
-    except FileNotFoundError:
-        old = "# Benchmarks\n\n"
-    start = old.find(section + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(section))
-        rest = old[end + 1:] if end >= 0 else ""
-        new = old[:start] + text + ("\n" + rest if rest else "")
-    with open(path, "w") as f:
-        f.write(new.rstrip("\n") + "\n")
-    print(f"bench: wrote {section!r} to {path}", file=sys.stderr)
 
 
 def vmm_commands(kernel, memory, cpus):

@@ -11,7 +11,6 @@ Python 3 standard library only. Run from anywhere:  benches/boot_tiny.py [--runs
 """
 
 import argparse
-import datetime
 import os
 import platform
 import select
@@ -21,44 +20,12 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, build_test_guest, pct, release_kapsel, utc_now, vm_rss_kib, write_section  # noqa: E402
+
 MARKER = b"TEST-GUEST-READY"
 SECTION = "## Tiny guest boot"
 TARGETS = {"time_ratio": 0.12, "rss_mib": 4.0}
-
-
-def build_guest():
-    """Runs scripts/build-test-guest.sh; returns the PVH ELF path."""
-    out = subprocess.run(
-        [os.path.join(ROOT, "scripts", "build-test-guest.sh")],
-        check=True, stdout=subprocess.PIPE, text=True,
-    ).stdout.split()
-    pvh = [p for p in out if p.endswith("test-guest-pvh")]
-    if not pvh:
-        sys.exit("boot_tiny: build-test-guest.sh printed no test-guest-pvh path")
-    return pvh[0]
-
-
-def build_kapsel():
-    """Builds kapsel in release mode; returns the binary path."""
-    subprocess.run(
-        ["cargo", "build", "--quiet", "--release", "-p", "kapsel"],
-        check=True, cwd=ROOT,
-    )
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    return os.path.join(target, "release", "kapsel")
-
-
-def vm_rss_kib(pid):
-    """VmRSS of PID in KiB, or None if the process is gone (or a zombie)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def one_run(cmd, timeout):
@@ -90,13 +57,6 @@ def one_run(cmd, timeout):
             proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-
-
-def pct(values, p):
-    """Nearest-rank percentile (p in 0..100)."""
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
-    return s[k]
 
 
 def summarize(samples):
@@ -138,11 +98,11 @@ def report(k, q, kapsel_cmd, qemu_cmd, runs, host):
     ratio_r = k["rss_med"] / q["rss_med"]
     ok_t = "meets" if ratio_t <= TARGETS["time_ratio"] else "misses"
     ok_r = "meets" if k["rss_med"] <= TARGETS["rss_mib"] else "misses"
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = utc_now()
     lines = [
         SECTION,
         "",
-        f"Spawn to `TEST-GUEST-READY` on stdout for the no_std test guest (`test=hello`, PVH entry, 128 MiB),",
+        "Spawn to `TEST-GUEST-READY` on stdout for the no_std test guest (`test=hello`, PVH entry, 128 MiB),",
         f"and the VMM's VmRSS sampled at that moment. {runs} runs each, interleaved. Measured {now}",
         f"on {host}.",
         "",
@@ -173,25 +133,6 @@ def report(k, q, kapsel_cmd, qemu_cmd, runs, host):
     return "\n".join(lines)
 
 
-def write_section(text):
-    path = os.path.join(ROOT, "BENCHMARKS.md")
-    try:
-        with open(path) as f:
-            old = f.read()
-    except FileNotFoundError:
-        old = "# Benchmarks\n\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        rest = old[end + 1:] if end >= 0 else ""
-        new = old[:start] + text + ("\n" + rest if rest else "")
-    with open(path, "w") as f:
-        f.write(new.rstrip("\n") + "\n")
-    print(f"boot_tiny: wrote {SECTION!r} to {path}", file=sys.stderr)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20, help="runs per VMM (default 20)")
@@ -205,8 +146,8 @@ def main():
 
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         sys.exit("boot_tiny: /dev/kvm is not usable")
-    guest = args.guest or build_guest()
-    kapsel = args.kapsel or build_kapsel()
+    guest = args.guest or build_test_guest("boot_tiny")
+    kapsel = args.kapsel or release_kapsel()
     kapsel_cmd = [kapsel, "run", "--kernel", guest, "--cmdline", "test=hello", "--memory", args.memory]
     qemu_cmd = [
         args.qemu, "-M", "microvm,x-option-roms=off,rtc=on", "-accel", "kvm", "-m", args.memory,
@@ -226,7 +167,7 @@ def main():
     text = report(summarize(ks), summarize(qs), kapsel_cmd, qemu_cmd, args.runs, host)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import build_test_guest, pct, release_kapsel, vm_rss_kib, write_section  # noqa: E402
+
 SECTION = "## Daemon"
 TARGET_LAUNCHES_PER_CORE = 5.0
 TARGET_RSS_MIB = 30.0
@@ -55,34 +57,8 @@ def call(sock, method, path, body=None):
     return resp.status, (json.loads(text) if text else None)
 
 
-def build_guest():
-    out = subprocess.run(
-        [os.path.join(ROOT, "scripts", "build-test-guest.sh")],
-        check=True, stdout=subprocess.PIPE, text=True,
-    ).stdout.split()
-    return [p for p in out if p.endswith("test-guest-pvh")][0]
-
-
-def default_kapsel():
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    return os.path.join(target, "release", "kapsel")
-
-
-def vm_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def percentile(values, p):
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
-
-
 def run(args):
-    guest = build_guest()
+    guest = build_test_guest("daemon_launch")
     work = tempfile.mkdtemp(prefix="kapsel-bench-")
     sock = os.path.join(work, "d.sock")
     cgroot = f"kapsel-bench-{os.getpid()}"
@@ -134,7 +110,7 @@ def run(args):
         st, lst = call(sock, "GET", "/v1/instances")
         running = sum(1 for i in lst if i["status"] == "running")
         time.sleep(1.0)
-        rss_mib = vm_rss_kib(daemon.pid) / 1024
+        rss_mib = (vm_rss_kib(daemon.pid) or 0) / 1024
         cores = os.cpu_count() or 1
         result = {
             "guests": args.guests,
@@ -142,7 +118,7 @@ def run(args):
             "single_ms": statistics.median(single) * 1000,
             "load": os.getloadavg()[0],
             "median_ms": statistics.median(lat) * 1000,
-            "p90_ms": percentile(lat, 90) * 1000,
+            "p90_ms": pct(lat, 90) * 1000,
             "max_ms": max(lat) * 1000,
             "wall_s": wall,
             "per_sec_per_core": args.guests / wall / cores,
@@ -195,32 +171,17 @@ def table(r):
     ])
 
 
-def write_section(text):
-    path = os.path.join(ROOT, "BENCHMARKS.md")
-    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    body = f"{SECTION}\n\n{text}\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        rest = old[start + len(SECTION):]
-        nxt = rest.find("\n## ")
-        end = start + len(SECTION) + nxt + 1 if nxt >= 0 else len(old)
-        new = old[:start] + body + ("\n" + old[end:] if nxt >= 0 else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + body
-    open(path, "w").write(new)
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--guests", type=int, default=50)
-    p.add_argument("--kapsel", default=default_kapsel())
+    p.add_argument("--kapsel", default=release_kapsel(build=False))
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
     r = run(args)
     text = table(r)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, f"{SECTION}\n\n{text}\n")
 
 
 if __name__ == "__main__":

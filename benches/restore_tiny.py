@@ -29,26 +29,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import boot_linux as bl  # noqa: E402  (BENCHMARKS.md and date helpers)
+import boot_linux as bl  # noqa: E402  (host description)
+from benchlib import build_test_guest, pct, release_kapsel, write_subsection  # noqa: E402
 
 SECTION = "## Snapshot and restore"
 SUBSECTION = "### Restore of the tiny guest on /dev/kvm"
 TARGET_MS = 10.0
-
-
-def build_guest():
-    out = subprocess.run([os.path.join(ROOT, "scripts", "build-test-guest.sh")],
-                         check=True, stdout=subprocess.PIPE, text=True).stdout.split()
-    pvh = [p for p in out if p.endswith("test-guest-pvh")]
-    if not pvh:
-        sys.exit("restore_tiny: build-test-guest.sh printed no test-guest-pvh path")
-    return pvh[0]
-
-
-def build_kapsel():
-    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "kapsel"], check=True, cwd=ROOT)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    return os.path.join(target, "release", "kapsel")
 
 
 def read_until(proc, stream_name, pattern, timeout, seen):
@@ -118,12 +104,6 @@ def one_restore(kapsel, snap):
     return int(m.group(1)), (t_started - t0) * 1e6, (t_count - t0) * 1e6, cmd
 
 
-def pct(values, p):
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
-    return s[k]
-
-
 def report(vmm_us, wall_us, count_us, runs, memory, cpus, boot_cmd, restore_cmd, snap_kib, load):
     def row(name, vals):
         return (f"| {name} | {statistics.median(vals) / 1000:.2f} | {pct(vals, 90) / 1000:.2f} | "
@@ -164,34 +144,6 @@ def report(vmm_us, wall_us, count_us, runs, memory, cpus, boot_cmd, restore_cmd,
     ])
 
 
-def write_subsection(text):
-    """Replaces SUBSECTION inside SECTION of BENCHMARKS.md (appends it to SECTION if new)."""
-    path = os.path.join(ROOT, "BENCHMARKS.md")
-    try:
-        with open(path) as f:
-            old = f.read()
-    except FileNotFoundError:
-        old = "# Benchmarks\n\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        bl.write_section(SECTION, SECTION + "\n\n" + text)
-        return
-    end = old.find("\n## ", start + len(SECTION))
-    end = len(old) if end < 0 else end + 1
-    section = old[start:end]
-    sub = section.find(SUBSECTION + "\n")
-    if sub < 0:
-        section = section.rstrip("\n") + "\n\n" + text + "\n"
-    else:
-        sub_end = section.find("\n### ", sub + len(SUBSECTION))
-        tail = section[sub_end + 1:] if sub_end >= 0 else ""
-        section = section[:sub] + text + ("\n" + tail if tail else "\n")
-    new = old[:start] + section + old[end:]
-    with open(path, "w") as f:
-        f.write(new.rstrip("\n") + "\n")
-    print(f"restore_tiny: wrote {SUBSECTION!r} to {path}", file=sys.stderr)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -203,8 +155,8 @@ def main():
     args = ap.parse_args()
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         sys.exit("restore_tiny: /dev/kvm is not usable")
-    kapsel = args.kapsel or build_kapsel()
-    guest = args.guest or build_guest()
+    kapsel = args.kapsel or release_kapsel()
+    guest = args.guest or build_test_guest("restore_tiny")
     load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="kapsel-restore-tiny-")
     try:
@@ -226,7 +178,7 @@ def main():
                   snap_kib, (load_before, os.getloadavg()[0]))
     print(text)
     if args.write:
-        write_subsection(text)
+        write_subsection(SECTION, SUBSECTION, text)
 
 
 if __name__ == "__main__":

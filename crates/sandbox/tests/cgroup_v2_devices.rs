@@ -14,13 +14,7 @@ fn rule(
     minor: Option<i64>,
     access: &str,
 ) -> DeviceRule {
-    DeviceRule {
-        allow,
-        kind,
-        major,
-        minor,
-        access: access.into(),
-    }
+    DeviceRule::new(allow, kind, major, minor, access)
 }
 
 /// Runs `script` in a shell that first moves itself into the group.

@@ -30,6 +30,24 @@ pub struct DeviceRule {
 }
 
 impl DeviceRule {
+    /// A rule: `allow` or deny `access` (letters from `rwm`) to devices of `kind` (`a`, `b`,
+    /// `c`) with the given numbers (`None` = any).
+    pub fn new(
+        allow: bool,
+        kind: char,
+        major: Option<i64>,
+        minor: Option<i64>,
+        access: &str,
+    ) -> Self {
+        DeviceRule {
+            allow,
+            kind,
+            major,
+            minor,
+            access: access.to_string(),
+        }
+    }
+
     /// The v1 `devices.allow`/`devices.deny` line.
     pub fn v1_line(&self) -> String {
         let n = |v: Option<i64>| v.map_or("*".to_string(), |v| v.to_string());

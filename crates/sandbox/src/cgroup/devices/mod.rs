@@ -150,13 +150,7 @@ mod tests {
         minor: Option<i64>,
         access: &str,
     ) -> DeviceRule {
-        DeviceRule {
-            allow,
-            kind,
-            major,
-            minor,
-            access: access.into(),
-        }
+        DeviceRule::new(allow, kind, major, minor, access)
     }
 
     #[test]

@@ -4,8 +4,11 @@
 
 use std::fmt::Write;
 
-use crate::process;
+use api::daemon::Instance;
+
+use crate::db::StoredProcess;
 use crate::state::Daemon;
+use crate::{netsetup, process};
 
 fn read_io(pid: i32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
@@ -16,6 +19,45 @@ fn read_io(pid: i32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (get("read_bytes:"), get("write_bytes:"))
+}
+
+/// Per running guest and NIC: bytes and packets the guest received and sent, read from its
+/// TAP (the TAP's transmit side is the guest's receive side).
+fn render_nic_counters(
+    out: &mut String,
+    instances: &[(Instance, Option<StoredProcess>)],
+    procs: &[(String, i32)],
+) {
+    for (metric, kind, text) in [
+        (
+            "kapsel_instance_network_bytes_total",
+            "bytes",
+            "Bytes through the guest's NIC.",
+        ),
+        (
+            "kapsel_instance_network_packets_total",
+            "packets",
+            "Packets through the guest's NIC.",
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {metric} {text}\n# TYPE {metric} counter");
+        for (inst, _) in instances {
+            if !procs.iter().any(|(n, _)| n == &inst.name) {
+                continue;
+            }
+            for (i, network) in inst.config.networks.iter().enumerate() {
+                let tap = netsetup::tap_name(&inst.name, i);
+                for (direction, stat) in [("rx", "tx"), ("tx", "rx")] {
+                    let v = netsetup::iface_stat(&tap, &format!("{stat}_{kind}"));
+                    let _ = writeln!(
+                        out,
+                        "{metric}{{name=\"{}\",nic=\"{i}\",network=\"{network}\",direction=\"{direction}\"}} {v}",
+                        inst.name
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Renders all metrics.
@@ -110,6 +152,7 @@ pub fn render(d: &Daemon) -> String {
             "kapsel_instance_disk_written_bytes_total{{name=\"{name}\"}} {w}"
         );
     }
+    render_nic_counters(&mut out, &instances, &procs);
     crate::network::render_metrics(d, &mut out);
     help(
         &mut out,

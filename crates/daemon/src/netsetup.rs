@@ -211,6 +211,14 @@ fn start_dnsmasq(dir: &Path, net: &Network, subnet: &Subnet) -> Result<()> {
     Ok(())
 }
 
+/// A counter of a network interface (`rx_bytes`, `tx_packets`, …), 0 when unreadable.
+pub fn iface_stat(iface: &str, stat: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/statistics/{stat}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The TAP of NIC `index` of instance `instance`: `kapsel` + 8 hex digits of a hash + the
 /// index (15 bytes at most, the kernel's limit), stable across restarts.
 pub fn tap_name(instance: &str, index: usize) -> String {

@@ -116,11 +116,7 @@ pub fn render_metrics(d: &Daemon, out: &mut String) {
     );
     for net in nets {
         for dir in ["rx", "tx"] {
-            let path = format!("/sys/class/net/{}/statistics/{dir}_bytes", net.bridge);
-            let v: u64 = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
+            let v = netsetup::iface_stat(&net.bridge, &format!("{dir}_bytes"));
             let _ = writeln!(
                 out,
                 "kapsel_network_bytes_total{{network=\"{}\",direction=\"{dir}\"}} {v}",

@@ -151,6 +151,14 @@ fn bridge_dhcp_dns_nat_and_guest_to_guest() {
         let tap = daemon::netsetup::tap_name("vm-net", 0);
         let link = must(&format!("{ns} ip -o link show {tap}"));
         assert!(link.contains("master kapsel-t1"), "{link}");
+        // Per-guest NIC counters come from its TAP.
+        let m = d.client().metrics().unwrap();
+        for direction in ["rx", "tx"] {
+            let series = format!(
+                "kapsel_instance_network_bytes_total{{name=\"vm-net\",nic=\"0\",network=\"t1\",direction=\"{direction}\"}}"
+            );
+            assert!(m.contains(&series), "{series} missing from:\n{m}");
+        }
         let e = d.client().delete_network("t1").unwrap_err();
         assert!(e.to_string().contains("vm-net"), "{e}");
         d.client().delete("vm-net", true).unwrap();

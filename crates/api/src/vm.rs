@@ -9,10 +9,14 @@
 //! | PUT | `/vm/reboot` | – | [`VmInfo`] |
 //! | PUT | `/vm/snapshot` | [`SnapshotRequest`] | [`SnapshotInfo`] |
 //! | GET | `/metrics` | – | Prometheus text |
+//! | GET | `/vm/disks/{id}/limits` | – | [`IoLimit`] |
+//! | PUT | `/vm/disks/{id}/limits` | [`IoLimit`] | [`IoLimit`] |
+//! | GET | `/vm/nets/{id}/limits` | – | [`NetLimits`] |
+//! | PUT | `/vm/nets/{id}/limits` | [`NetLimits`] | [`NetLimits`] |
 //!
-//! Errors answer 400 (malformed body), 404 (unknown path), 405 (wrong method), 409 (the
+//! Errors answer 400 (malformed body), 404 (unknown path or device), 405 (wrong method), 409 (the
 //! operation is not valid in the VM's current state) or 500, with an [`crate::ErrorBody`].
-//! `docs/api/vm.yaml` is the OpenAPI description; tests check responses against it.
+//! `docs/api/vm.json` is the OpenAPI description; tests check responses against it.
 
 use serde::{Deserialize, Serialize};
 
@@ -114,4 +118,105 @@ pub struct SnapshotInfo {
     pub state_bytes: u64,
     pub memory_bytes: u64,
     pub duration_ms: u64,
+}
+
+/// Token-bucket I/O limits of one device direction, changed at run time with `PUT` (the body
+/// replaces every limit: a missing or null rate is unlimited, a missing burst is a tenth of a
+/// second's worth). The answers carry the limits in effect, bursts filled in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoLimit {
+    /// Bytes per second (above zero).
+    #[serde(default)]
+    pub bytes_per_sec: Option<u64>,
+    /// Bytes that may be saved up for a burst (above zero; needs `bytes_per_sec`).
+    #[serde(default)]
+    pub bytes_burst: Option<u64>,
+    /// Requests (disk) or frames (net) per second (above zero).
+    #[serde(default)]
+    pub ops_per_sec: Option<u64>,
+    /// Operations that may be saved up for a burst (above zero; needs `ops_per_sec`).
+    #[serde(default)]
+    pub ops_burst: Option<u64>,
+}
+
+impl IoLimit {
+    pub fn is_unlimited(&self) -> bool {
+        self.bytes_per_sec.is_none() && self.ops_per_sec.is_none()
+    }
+
+    /// The first problem of a requested limit, as one line.
+    pub fn check(&self) -> Result<(), String> {
+        let pairs = [
+            (
+                "bytes_per_sec",
+                self.bytes_per_sec,
+                "bytes_burst",
+                self.bytes_burst,
+            ),
+            ("ops_per_sec", self.ops_per_sec, "ops_burst", self.ops_burst),
+        ];
+        for (rate_name, rate, burst_name, burst) in pairs {
+            if rate == Some(0) {
+                return Err(format!(
+                    "{rate_name} must be above zero (leave it out for no limit)"
+                ));
+            }
+            if burst == Some(0) {
+                return Err(format!("{burst_name} must be above zero"));
+            }
+            if burst.is_some() && rate.is_none() {
+                return Err(format!("{burst_name} needs {rate_name}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The limits of one network card: `rx` host → guest, `tx` guest → host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetLimits {
+    #[serde(default)]
+    pub rx: IoLimit,
+    #[serde(default)]
+    pub tx: IoLimit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_limit_checks_name_the_field() {
+        let ok = IoLimit {
+            bytes_per_sec: Some(10),
+            bytes_burst: Some(5),
+            ..IoLimit::default()
+        };
+        assert_eq!(ok.check(), Ok(()));
+        assert_eq!(IoLimit::default().check(), Ok(()));
+        let zero = IoLimit {
+            ops_per_sec: Some(0),
+            ..IoLimit::default()
+        };
+        assert!(zero.check().unwrap_err().contains("ops_per_sec"));
+        let lonely = IoLimit {
+            bytes_burst: Some(1),
+            ..IoLimit::default()
+        };
+        assert_eq!(
+            lonely.check(),
+            Err("bytes_burst needs bytes_per_sec".into())
+        );
+    }
+
+    #[test]
+    fn net_limits_default_to_unlimited_and_reject_unknown_fields() {
+        let l: NetLimits = serde_json::from_str(r#"{"tx":{"bytes_per_sec":1}}"#).unwrap();
+        assert!(l.rx.is_unlimited());
+        assert_eq!(l.tx.bytes_per_sec, Some(1));
+        assert!(serde_json::from_str::<NetLimits>(r#"{"up":{}}"#).is_err());
+        assert!(serde_json::from_str::<IoLimit>(r#"{"bw":1}"#).is_err());
+    }
 }

@@ -1,6 +1,6 @@
 //! Client for the per-VM control API (see [`api::vm`]).
 
-use api::vm::{ShutdownRequest, SnapshotInfo, SnapshotRequest, VmInfo};
+use api::vm::{IoLimit, NetLimits, ShutdownRequest, SnapshotInfo, SnapshotRequest, VmInfo};
 
 use crate::{ClientError, Endpoint};
 
@@ -50,5 +50,30 @@ impl VmClient {
     pub fn metrics(&self) -> Result<String, ClientError> {
         let resp = self.endpoint.request_raw("GET", "/metrics", &[])?;
         Ok(String::from_utf8_lossy(&resp.body).into_owned())
+    }
+
+    /// The I/O limits of disk `id` in effect.
+    pub fn disk_limits(&self, id: &str) -> Result<IoLimit, ClientError> {
+        self.endpoint
+            .request::<(), _>("GET", &format!("/vm/disks/{id}/limits"), None)
+    }
+
+    /// Replaces the I/O limits of disk `id` at run time; returns the limits now in effect.
+    pub fn set_disk_limits(&self, id: &str, limit: &IoLimit) -> Result<IoLimit, ClientError> {
+        self.endpoint
+            .request("PUT", &format!("/vm/disks/{id}/limits"), Some(limit))
+    }
+
+    /// The I/O limits of network card `id` (`net0`, …) in effect.
+    pub fn net_limits(&self, id: &str) -> Result<NetLimits, ClientError> {
+        self.endpoint
+            .request::<(), _>("GET", &format!("/vm/nets/{id}/limits"), None)
+    }
+
+    /// Replaces the I/O limits of network card `id` at run time; returns the limits now in
+    /// effect.
+    pub fn set_net_limits(&self, id: &str, limits: &NetLimits) -> Result<NetLimits, ClientError> {
+        self.endpoint
+            .request("PUT", &format!("/vm/nets/{id}/limits"), Some(limits))
     }
 }

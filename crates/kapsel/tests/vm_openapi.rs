@@ -121,18 +121,60 @@ impl Drop for Vmm {
     }
 }
 
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kapsel-openapi-{}", std::process::id()));
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kapsel-openapi-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Starts a VMM running the counting test guest with its API socket in `d`.
+fn start_vmm(d: &Path, extra: &[String]) -> (Vmm, Endpoint) {
+    let socket = d.join("api.sock");
+    let vmm = Vmm(Command::new(env!("CARGO_BIN_EXE_kapsel"))
+        .arg("run")
+        .arg("--kernel")
+        .arg(test_guest(TestGuestEntry::Pvh))
+        .args(["--cmdline", "test=count", "--memory", "64M"])
+        .args(extra)
+        .arg("--api-socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "API socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (vmm, Endpoint::new(&socket))
+}
+
+/// The documented path `path` falls under (`/vm/disks/disk0/limits` → `/vm/disks/{id}/limits`).
+fn template<'a>(doc: &'a Value, path: &str) -> &'a str {
+    let want: Vec<&str> = path.split('/').collect();
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|t| {
+            let segs: Vec<&str> = t.split('/').collect();
+            segs.len() == want.len()
+                && segs
+                    .iter()
+                    .zip(&want)
+                    .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
+        })
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("{path} is not documented"))
 }
 
 /// Sends a request and checks the answer against the document: the status must be documented
 /// for the operation and the body must match its schema.
 fn check(doc: &Value, ep: &Endpoint, method: &str, path: &str, body: &str) -> u16 {
     let resp = ep.request_raw(method, path, body.as_bytes()).unwrap();
-    let op = &doc["paths"][path][method.to_lowercase()];
+    let op = &doc["paths"][template(doc, path)][method.to_lowercase()];
     let documented = resolve(doc, &op["responses"][resp.status.to_string()]);
     assert!(
         documented.is_object(),
@@ -153,25 +195,8 @@ fn check(doc: &Value, ep: &Endpoint, method: &str, path: &str, body: &str) -> u1
 fn live_responses_match_the_document() {
     require_kvm();
     let doc = doc();
-    let d = dir();
-    let socket = d.join("api.sock");
-    let _vmm = Vmm(Command::new(env!("CARGO_BIN_EXE_kapsel"))
-        .arg("run")
-        .arg("--kernel")
-        .arg(test_guest(TestGuestEntry::Pvh))
-        .args(["--cmdline", "test=count", "--memory", "64M"])
-        .arg("--api-socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "API socket never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let ep = Endpoint::new(&socket);
+    let d = dir("lifecycle");
+    let (_vmm, ep) = start_vmm(&d, &[]);
     let snap = d.join("snap");
     let snap_body = format!("{{\"path\":\"{}\"}}", snap.display());
     let steps: &[(&str, &str, &str, u16)] = &[
@@ -187,6 +212,8 @@ fn live_responses_match_the_document() {
         ("PUT", "/vm/reboot", "", 409),
         ("PUT", "/vm/resume", "", 200),
         ("GET", "/metrics", "", 200),
+        ("GET", "/vm/disks/disk0/limits", "", 404),
+        ("GET", "/vm/nets/net0/limits", "", 404),
         ("PUT", "/vm/shutdown", "{\"timeout_ms\":-5}", 400),
         ("PUT", "/vm/shutdown", "{\"timeout_ms\":0}", 200),
     ];
@@ -194,4 +221,57 @@ fn live_responses_match_the_document() {
         let got = check(&doc, &ep, method, path, body);
         assert_eq!(got, *want, "{method} {path} {body}");
     }
+}
+
+/// The run-time I/O limit routes on a VM with a limited disk: read back, changed, bad bodies
+/// and unknown ids answered as documented.
+#[test]
+fn live_limit_responses_match_the_document() {
+    require_kvm();
+    let doc = doc();
+    let d = dir("limits");
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let disk_arg = format!("path={},id=data,bw=10M", disk.display());
+    let (_vmm, ep) = start_vmm(&d, &["--disk".into(), disk_arg]);
+    let vm = client::vm::VmClient::new(ep.clone());
+    let configured = vm.disk_limits("data").unwrap();
+    assert_eq!(configured.bytes_per_sec, Some(10 << 20), "{configured:?}");
+    let faster = api::vm::IoLimit {
+        bytes_per_sec: Some(20 << 20),
+        ops_per_sec: Some(1000),
+        ops_burst: Some(10),
+        ..Default::default()
+    };
+    let now = vm.set_disk_limits("data", &faster).unwrap();
+    assert_eq!(now.bytes_burst, Some(2 << 20), "default burst: {now:?}");
+    assert_eq!(vm.disk_limits("data").unwrap(), now);
+    let steps: &[(&str, &str, &str, u16)] = &[
+        ("GET", "/vm/disks/data/limits", "", 200),
+        ("GET", "/vm/disks/disk0/limits", "", 404),
+        (
+            "PUT",
+            "/vm/disks/data/limits",
+            "{\"bytes_per_sec\":20971520}",
+            200,
+        ),
+        ("PUT", "/vm/disks/data/limits", "{\"bytes_per_sec\":0}", 400),
+        ("PUT", "/vm/disks/data/limits", "{\"iops\":5}", 400),
+        ("PUT", "/vm/disks/data/limits", "", 400),
+        ("PUT", "/vm/disks/nope/limits", "{}", 404),
+        ("PUT", "/vm/disks/data/limits", "{}", 200),
+        ("GET", "/vm/nets/net0/limits", "", 404),
+        ("PUT", "/vm/nets/net0/limits", "{\"rx\":{}}", 404),
+        (
+            "PUT",
+            "/vm/nets/net0/limits",
+            "{\"rx\":{\"ops_per_sec\":0}}",
+            400,
+        ),
+    ];
+    for (method, path, body, want) in steps {
+        let got = check(&doc, &ep, method, path, body);
+        assert_eq!(got, *want, "{method} {path} {body}");
+    }
+    assert!(vm.disk_limits("data").unwrap().is_unlimited());
 }

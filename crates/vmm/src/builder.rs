@@ -25,6 +25,8 @@ pub struct BuiltVm {
     pub vcpus: Vec<Vcpu>,
     /// The MSRs a snapshot saves for each vCPU.
     pub msr_list: Vec<u32>,
+    /// The disks' and network cards' rate limiters (for run-time changes).
+    pub io_limits: crate::io_limits::IoLimits,
 }
 
 fn open(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
@@ -145,7 +147,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
         devices.mmio_bus.clone(),
         memory.clone(),
     )?;
-    crate::pci::add_configured_devices(&mut pci, config)?;
+    let io_limits = crate::pci::add_configured_devices(&mut pci, config)?;
 
     let cpus = config.cpus as u8;
     let supported = hv.supported_cpuid()?;
@@ -176,6 +178,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
         devices,
         vcpus,
         msr_list: hv.msr_index_list()?,
+        io_limits,
     })
 }
 
@@ -217,6 +220,8 @@ pub fn restore_vm(dir: &std::path::Path, start: Instant) -> Result<(BuiltVm, VmC
             devices,
             vcpus,
             msr_list: hv.msr_index_list()?,
+            // snapshots hold no virtio devices yet
+            io_limits: crate::io_limits::IoLimits::default(),
         },
         config,
     ))

@@ -6,6 +6,7 @@
 //! - [`devices`]: the legacy device set and the PIO/MMIO buses.
 //! - [`pci`]: PCI bus 0 and the virtio-pci devices (disks from [`disk_config`], entropy).
 //! - [`console`]: the host side of the serial console (stdin, raw tty mode).
+//! - [`io_limits`]: the disks' and cards' rate limiters, changed at run time by the API.
 //! - [`run`]: the control loop that waits for the guest's end, signals and vCPU failures.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod devices;
 pub mod disk_config;
 pub mod error;
 pub mod exit;
+pub mod io_limits;
 pub mod memory;
 pub mod net_config;
 pub mod net_devices;

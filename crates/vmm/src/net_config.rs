@@ -174,6 +174,56 @@ fn parse_cidr(value: &str) -> Option<(Ipv4Addr, u8)> {
     Some((ip.parse().ok()?, prefix))
 }
 
+/// Applies one limit key of a network card: `rx_`/`tx_` prefixed for one direction, bare for
+/// both. Returns false when `key` is not a limit key.
+fn apply_net_limit_key(
+    opt: &'static str,
+    rx: &mut LimitSpec,
+    tx: &mut LimitSpec,
+    key: &str,
+    value: &str,
+) -> Result<bool, OptionError> {
+    if let Some(k) = key.strip_prefix("rx_") {
+        apply_limit_key(opt, rx, k, value)
+    } else if let Some(k) = key.strip_prefix("tx_") {
+        apply_limit_key(opt, tx, k, value)
+    } else {
+        Ok(apply_limit_key(opt, rx, key, value)? && apply_limit_key(opt, tx, key, value)?)
+    }
+}
+
+/// Parses the limit keys of a disk alone (`bw=20M,iops=500,…`), as `kapsel vm limits` takes
+/// them; an empty string is "no limits".
+pub fn parse_disk_limits(opt: &'static str, s: &str) -> Result<LimitSpec, OptionError> {
+    let mut limit = LimitSpec::default();
+    for (key, value) in key_values(opt, s)? {
+        if !apply_limit_key(opt, &mut limit, key, value)? {
+            return Err(OptionError::UnknownKey {
+                opt,
+                key: key.into(),
+                known: "bw, iops, bw_burst, iops_burst",
+            });
+        }
+    }
+    Ok(limit)
+}
+
+/// Parses the limit keys of a network card alone (`rx_bw=10M,tx_ops=100,…`): returns
+/// (rx, tx); an empty string is "no limits".
+pub fn parse_net_limits(opt: &'static str, s: &str) -> Result<(LimitSpec, LimitSpec), OptionError> {
+    let (mut rx, mut tx) = (LimitSpec::default(), LimitSpec::default());
+    for (key, value) in key_values(opt, s)? {
+        if !apply_net_limit_key(opt, &mut rx, &mut tx, key, value)? {
+            return Err(OptionError::UnknownKey {
+                opt,
+                key: key.into(),
+                known: "bw, ops, rx_bw, tx_bw, rx_ops, tx_ops, bw_burst, ops_burst (and rx_/tx_ bursts)",
+            });
+        }
+    }
+    Ok((rx, tx))
+}
+
 const NET_KEYS: &str = "tap, mac, ip, bw, ops, rx_bw, tx_bw, rx_ops, tx_ops, bw_burst, ops_burst";
 
 /// Parses one `--net` value.
@@ -224,19 +274,7 @@ pub fn parse_net(s: &str) -> Result<NetSpec, OptionError> {
                 );
             }
             _ => {
-                let (dirs, k): (&[bool], &str) = if let Some(k) = key.strip_prefix("rx_") {
-                    (&[true], k)
-                } else if let Some(k) = key.strip_prefix("tx_") {
-                    (&[false], k)
-                } else {
-                    (&[true, false], key)
-                };
-                let mut known = false;
-                for &rx in dirs {
-                    let limit = if rx { &mut spec.rx } else { &mut spec.tx };
-                    known = apply_limit_key(OPT, limit, k, value)?;
-                }
-                if !known {
+                if !apply_net_limit_key(OPT, &mut spec.rx, &mut spec.tx, key, value)? {
                     return Err(OptionError::UnknownKey {
                         opt: OPT,
                         key: key.into(),
@@ -368,6 +406,25 @@ mod tests {
         assert_eq!(apply_limit_key("disk", &mut l, "path", "/x"), Ok(false));
         assert_eq!(l.bytes_per_sec, Some(10 << 20));
         assert_eq!(l.ops_per_sec, Some(500));
+    }
+
+    #[test]
+    fn limit_strings_alone() {
+        let d = parse_disk_limits("set", "bw=20M,iops_burst=8,iops=100").expect("parse");
+        assert_eq!(d.bytes_per_sec, Some(20 << 20));
+        assert_eq!((d.ops_per_sec, d.ops_burst), (Some(100), Some(8)));
+        assert_eq!(parse_disk_limits("set", ""), Ok(LimitSpec::default()));
+        let e = parse_disk_limits("set", "rx_bw=1M").unwrap_err();
+        assert!(
+            e.to_string().starts_with("--set: unknown key 'rx_bw'"),
+            "{e}"
+        );
+        let (rx, tx) = parse_net_limits("set", "bw=1M,tx_ops=10").expect("parse");
+        assert_eq!(rx.bytes_per_sec, Some(1 << 20));
+        assert_eq!(tx.bytes_per_sec, Some(1 << 20));
+        assert_eq!((rx.ops_per_sec, tx.ops_per_sec), (None, Some(10)));
+        assert!(parse_net_limits("set", "tap=x").is_err());
+        assert!(parse_net_limits("set", "bw=0").is_err());
     }
 
     #[test]

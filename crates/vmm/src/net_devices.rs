@@ -1,30 +1,20 @@
 //! Builds the network cards and the vsock device the configuration asks for and plugs them
 //! into the PCI bus.
 
+use std::sync::Arc;
+
 use virtio::net::{Net, NetConfig, TapSpec};
-use virtio::rate_limiter::{BucketConfig, RateLimit};
+use virtio::rate_limiter::{BlockGate, RateLimit, RateLimiter};
 use virtio::vsock::{Vsock, VsockConfig};
 
+use crate::io_limits::{IoLimits, NetLimiters};
 use crate::net_config::{LimitSpec, NetSpec, VsockSpec};
 use crate::pci::PciDevices;
 use crate::VmmError;
 
-fn bucket(rate: Option<u64>, burst: Option<u64>) -> Option<BucketConfig> {
-    rate.map(|r| {
-        let mut b = BucketConfig::with_rate(r);
-        if let Some(burst) = burst {
-            b.burst = burst;
-        }
-        b
-    })
-}
-
 /// The device-level limits of a [`LimitSpec`].
 pub fn rate_limit(spec: &LimitSpec) -> RateLimit {
-    RateLimit {
-        bytes: bucket(spec.bytes_per_sec, spec.bytes_burst),
-        ops: bucket(spec.ops_per_sec, spec.ops_burst),
-    }
+    crate::io_limits::rate_limit(&crate::io_limits::from_spec(spec))
 }
 
 /// The device configuration of one `--net`.
@@ -45,29 +35,31 @@ fn vsock_config(spec: &VsockSpec) -> VsockConfig {
     }
 }
 
-/// Puts `disk` under the limits of `--disk …,bw=…,iops=…` (nothing when unlimited).
+/// Puts `disk` under a rate limiter with the limits of `--disk …,bw=…,iops=…` (unlimited when
+/// none are given, so the API can limit it later) and returns the limiter.
 pub fn limit_disk(
-    mut disk: virtio::block::Block,
+    disk: &mut virtio::block::Block,
     spec: &LimitSpec,
-) -> Result<virtio::block::Block, VmmError> {
-    if spec.is_unlimited() {
-        return Ok(disk);
-    }
-    let limiter = std::sync::Arc::new(
-        virtio::rate_limiter::RateLimiter::new(rate_limit(spec))
-            .map_err(|e| VmmError::Device(e.to_string()))?,
-    );
-    disk.set_gate(Box::new(move || {
-        Box::new(virtio::rate_limiter::BlockGate(limiter.clone()))
-    }));
-    Ok(disk)
+) -> Result<Arc<RateLimiter>, VmmError> {
+    let limiter =
+        Arc::new(RateLimiter::new(rate_limit(spec)).map_err(|e| VmmError::Device(e.to_string()))?);
+    let gate = limiter.clone();
+    disk.set_gate(Box::new(move || Box::new(BlockGate(gate.clone()))));
+    Ok(limiter)
 }
 
-/// Adds `net0`, `net1`, … and `vsock0`.
-pub fn add_net_devices(pci: &mut PciDevices, config: &crate::VmConfig) -> Result<(), VmmError> {
+/// Adds `net0`, `net1`, … and `vsock0`; the cards' limiters go into `limits`.
+pub fn add_net_devices(
+    pci: &mut PciDevices,
+    config: &crate::VmConfig,
+    limits: &mut IoLimits,
+) -> Result<(), VmmError> {
     for (i, spec) in config.nets.iter().enumerate() {
         let net = Net::new(&net_config(spec)).map_err(VmmError::Net)?;
-        pci.add_virtio_pci(Box::new(net), &format!("net{i}"))?;
+        let id = format!("net{i}");
+        let (rx, tx) = net.rate_limiters();
+        limits.add_net(&id, NetLimiters { rx, tx });
+        pci.add_virtio_pci(Box::new(net), &id)?;
     }
     if let Some(spec) = &config.vsock {
         let vsock = Vsock::new(&vsock_config(spec)).map_err(VmmError::Vsock)?;
@@ -79,6 +71,7 @@ pub fn add_net_devices(pci: &mut PciDevices, config: &crate::VmConfig) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio::rate_limiter::BucketConfig;
 
     #[test]
     fn limits_map_to_buckets() {

@@ -106,15 +106,17 @@ impl PciDevices {
     }
 }
 
-/// Adds the devices the configuration asks for: disks (in order), then the entropy device.
+/// Adds the devices the configuration asks for: disks (in order), then the entropy device,
+/// the network cards and vsock. Returns the rate limiters of the disks and cards.
 pub fn add_configured_devices(
     pci: &mut PciDevices,
     config: &crate::VmConfig,
-) -> Result<(), VmmError> {
+) -> Result<crate::io_limits::IoLimits, VmmError> {
+    let mut limits = crate::io_limits::IoLimits::default();
     let ids =
         crate::disk_config::disk_ids(&config.disks).map_err(|e| VmmError::Config(e.into()))?;
     for (disk, id) in config.disks.iter().zip(ids) {
-        let block = virtio::block::Block::new(
+        let mut block = virtio::block::Block::new(
             &id,
             &virtio::block::BlockConfig {
                 path: disk.path.clone(),
@@ -123,12 +125,15 @@ pub fn add_configured_devices(
             },
         )
         .map_err(VmmError::Disk)?;
-        let block = crate::net_devices::limit_disk(block, &disk.limit)?;
+        limits.add_disk(
+            &id,
+            crate::net_devices::limit_disk(&mut block, &disk.limit)?,
+        );
         pci.add_virtio_pci(Box::new(block), &id)?;
     }
     if config.rng {
         pci.add_virtio_pci(Box::new(virtio::rng::Rng::new("rng0")), "rng0")?;
     }
-    crate::net_devices::add_net_devices(pci, config)?;
-    Ok(())
+    crate::net_devices::add_net_devices(pci, config, &mut limits)?;
+    Ok(limits)
 }

@@ -239,6 +239,23 @@ fn handle_api(vmm: &mut Vmm, req: ApiRequest) -> (Response, bool) {
             Ok(info) => (json_response(200, &info), false),
             Err(e) => (fail(e), false),
         },
+        ApiRequest::DiskLimits { id } => (limits_response(vmm.disk_limits(&id)), false),
+        ApiRequest::SetDiskLimits { id, limit } => {
+            (limits_response(vmm.set_disk_limits(&id, &limit)), false)
+        }
+        ApiRequest::NetLimits { id } => (limits_response(vmm.net_limits(&id)), false),
+        ApiRequest::SetNetLimits { id, limits } => {
+            (limits_response(vmm.set_net_limits(&id, &limits)), false)
+        }
+    }
+}
+
+fn limits_response<T: serde::Serialize>(
+    result: Result<T, crate::io_limits::IoLimitError>,
+) -> Response {
+    match result {
+        Ok(limits) => json_response(200, &limits),
+        Err(e) => error_response(e.status(), e.to_string()),
     }
 }
 

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::vm::{SnapshotInfo, VmConfigInfo, VmCounters, VmInfo};
+use api::vm::{IoLimit, NetLimits, SnapshotInfo, VmConfigInfo, VmCounters, VmInfo};
 use arch::GuestMemoryMmap;
 
 use crate::builder::BuiltVm;
 use crate::devices::DeviceManager;
+use crate::io_limits::IoLimitError;
 use crate::snapshot::{write_snapshot, SnapshotError, SnapshotState};
 use crate::state::{transition, StateError, VmState};
 use crate::vcpu::{
@@ -68,6 +69,7 @@ pub struct Vmm {
     restored_from: Option<PathBuf>,
     msr_list: Arc<Vec<u32>>,
     shutdown_deadline: Option<Instant>,
+    io_limits: crate::io_limits::IoLimits,
 }
 
 impl Vmm {
@@ -116,6 +118,7 @@ impl Vmm {
             restored_from,
             msr_list: Arc::new(built.msr_list),
             shutdown_deadline: None,
+            io_limits: built.io_limits,
         })
     }
 
@@ -129,6 +132,39 @@ impl Vmm {
 
     pub fn devices(&self) -> &DeviceManager {
         &self.devices
+    }
+
+    /// The limits of disk `id` in effect.
+    pub fn disk_limits(&self, id: &str) -> Result<IoLimit, IoLimitError> {
+        self.io_limits.disk_limits(id)
+    }
+
+    /// Replaces the limits of disk `id` (and its configuration, which snapshots save).
+    pub fn set_disk_limits(&mut self, id: &str, limit: &IoLimit) -> Result<IoLimit, IoLimitError> {
+        let index = self.io_limits.set_disk_limits(id, limit)?;
+        if let Some(disk) = self.config.disks.get_mut(index) {
+            disk.limit = crate::io_limits::to_spec(limit);
+        }
+        self.io_limits.disk_limits(id)
+    }
+
+    /// The limits of network card `id` in effect.
+    pub fn net_limits(&self, id: &str) -> Result<NetLimits, IoLimitError> {
+        self.io_limits.net_limits(id)
+    }
+
+    /// Replaces the limits of network card `id` (and its configuration).
+    pub fn set_net_limits(
+        &mut self,
+        id: &str,
+        limits: &NetLimits,
+    ) -> Result<NetLimits, IoLimitError> {
+        let index = self.io_limits.set_net_limits(id, limits)?;
+        if let Some(net) = self.config.nets.get_mut(index) {
+            net.rx = crate::io_limits::to_spec(&limits.rx);
+            net.tx = crate::io_limits::to_spec(&limits.tx);
+        }
+        self.io_limits.net_limits(id)
     }
 
     /// When a graceful shutdown must be forced, if one is under way.

@@ -1,4 +1,5 @@
-//! `kapsel vm OP --api-socket PATH`: drive a running VMM through its control API.
+//! `kapsel vm OP --api-socket PATH`: drive a running VMM through its control API
+//! (lifecycle, snapshots, metrics, run-time I/O limits).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,32 @@ pub enum VmOp {
     },
     /// Print the VM's metrics in Prometheus text format.
     Metrics,
+    /// Show or change a disk's or network card's I/O limits while the VM runs.
+    Limits {
+        #[command(subcommand)]
+        device: LimitsDevice,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsDevice {
+    /// A disk, by id (`disk0`, … or its `id=`).
+    Disk {
+        id: String,
+        /// New limits, replacing all current ones: `bw=20M,iops=500,bw_burst=…,iops_burst=…`
+        /// ("" removes every limit). Without it, the limits are shown.
+        #[arg(long)]
+        set: Option<String>,
+    },
+    /// A network card, by id (`net0`, …).
+    Net {
+        id: String,
+        /// New limits, replacing all current ones: `rx_bw=10M,tx_bw=…,rx_ops=…,tx_ops=…` (bare
+        /// `bw=`/`ops=` for both directions; "" removes every limit). Without it, the limits
+        /// are shown.
+        #[arg(long)]
+        set: Option<String>,
+    },
 }
 
 /// Prints to stdout, ignoring a closed pipe (e.g. `| head`).
@@ -53,6 +80,36 @@ fn print_json<T: serde::Serialize>(v: &T) {
     print_text(&text);
 }
 
+/// A bad `--set` value; reported like a server's 4xx.
+fn bad_set(e: vmm::net_config::OptionError) -> ClientError {
+    ClientError::Status {
+        status: 400,
+        message: e.to_string(),
+    }
+}
+
+fn limits(client: &VmClient, device: LimitsDevice) -> Result<(), ClientError> {
+    use vmm::io_limits::from_spec;
+    use vmm::net_config::{parse_disk_limits, parse_net_limits};
+    match device {
+        LimitsDevice::Disk { id, set: None } => print_json(&client.disk_limits(&id)?),
+        LimitsDevice::Disk { id, set: Some(s) } => {
+            let l = parse_disk_limits("set", &s).map_err(bad_set)?;
+            print_json(&client.set_disk_limits(&id, &from_spec(&l))?)
+        }
+        LimitsDevice::Net { id, set: None } => print_json(&client.net_limits(&id)?),
+        LimitsDevice::Net { id, set: Some(s) } => {
+            let (rx, tx) = parse_net_limits("set", &s).map_err(bad_set)?;
+            let l = api::vm::NetLimits {
+                rx: from_spec(&rx),
+                tx: from_spec(&tx),
+            };
+            print_json(&client.set_net_limits(&id, &l)?)
+        }
+    }
+    Ok(())
+}
+
 fn exec(client: &VmClient, op: VmOp) -> Result<(), ClientError> {
     match op {
         VmOp::Info => print_json(&client.info()?),
@@ -62,6 +119,7 @@ fn exec(client: &VmClient, op: VmOp) -> Result<(), ClientError> {
         VmOp::Reboot => print_json(&client.reboot()?),
         VmOp::Snapshot { path } => print_json(&client.snapshot(&path.display().to_string())?),
         VmOp::Metrics => print_text(&client.metrics()?),
+        VmOp::Limits { device } => limits(client, device)?,
     }
     Ok(())
 }

@@ -143,6 +143,11 @@ impl Net {
         self.counters.clone()
     }
 
+    /// The limiters of guest receive and guest transmit, for changes at run time.
+    pub fn rate_limiters(&self) -> (Arc<RateLimiter>, Arc<RateLimiter>) {
+        (self.rx_limiter.clone(), self.tx_limiter.clone())
+    }
+
     /// Changes the limits at run time (guest receive, guest transmit).
     pub fn set_rate_limits(&self, rx: RateLimit, tx: RateLimit) -> Result<(), RateLimiterError> {
         self.rx_limiter.update(rx)?;

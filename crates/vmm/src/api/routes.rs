@@ -1,6 +1,6 @@
 //! Request routing and validation: method + path + body → [`ApiRequest`], or a 4xx answer.
 
-use api::vm::{ShutdownRequest, SnapshotRequest};
+use api::vm::{IoLimit, NetLimits, ShutdownRequest, SnapshotRequest};
 use kapsel_http::{Request, Response};
 use serde::de::DeserializeOwned;
 
@@ -16,6 +16,10 @@ pub enum ApiRequest {
     Reboot,
     Snapshot { path: String },
     Metrics,
+    DiskLimits { id: String },
+    SetDiskLimits { id: String, limit: IoLimit },
+    NetLimits { id: String },
+    SetNetLimits { id: String, limits: NetLimits },
 }
 
 /// Default grace period of a graceful shutdown.
@@ -36,7 +40,8 @@ fn required_body<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
         .map_err(|e| error_response(400, format!("invalid request body: {e}")))
 }
 
-/// Every (path, method) the API serves; `docs/api/vm.json` documents exactly these.
+/// Every (path, method) the API serves; `docs/api/vm.json` documents exactly these. A `{id}`
+/// segment matches one device id.
 pub const ROUTES: &[(&str, &str)] = &[
     ("/vm", "GET"),
     ("/vm/pause", "PUT"),
@@ -45,27 +50,96 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/vm/reboot", "PUT"),
     ("/vm/snapshot", "PUT"),
     ("/metrics", "GET"),
+    ("/vm/disks/{id}/limits", "GET"),
+    ("/vm/disks/{id}/limits", "PUT"),
+    ("/vm/nets/{id}/limits", "GET"),
+    ("/vm/nets/{id}/limits", "PUT"),
 ];
+
+/// Longest device id accepted in a path.
+const MAX_ID_LEN: usize = 64;
+
+/// Matches `path` against a route template; returns the `{id}` segment (empty when the
+/// template has none).
+fn matches<'a>(template: &str, path: &'a str) -> Option<&'a str> {
+    let mut id = "";
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(id),
+            (Some("{id}"), Some(seg)) if !seg.is_empty() => id = seg,
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
+
+fn device_id(id: &str) -> Result<String, Response> {
+    let ok = id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(id.to_string())
+    } else {
+        Err(error_response(
+            404,
+            "device ids are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.'",
+        ))
+    }
+}
+
+fn checked_limit(l: IoLimit, what: &str) -> Result<IoLimit, Response> {
+    l.check()
+        .map(|()| l)
+        .map_err(|e| error_response(400, format!("invalid {what}limits: {e}")))
+}
 
 /// Maps a request to an operation.
 pub fn route(req: &Request) -> Result<ApiRequest, Response> {
     let path = req.path.split('?').next().unwrap_or("");
-    let Some((_, method)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+    let found: Vec<(&str, &str, &str)> = ROUTES
+        .iter()
+        .filter_map(|(t, m)| matches(t, path).map(|id| (*t, *m, id)))
+        .collect();
+    if found.is_empty() {
         return Err(error_response(404, format!("no such resource: {path}")));
-    };
-    if req.method != *method {
+    }
+    let Some(&(template, _, id)) = found.iter().find(|(_, m, _)| *m == req.method) else {
+        let methods: Vec<&str> = found.iter().map(|(_, m, _)| *m).collect();
         return Err(error_response(
             405,
-            format!("{path} accepts {method}, not {}", req.method),
+            format!(
+                "{path} accepts {}, not {}",
+                methods.join(" or "),
+                req.method
+            ),
         ));
-    }
-    Ok(match path {
-        "/vm" => ApiRequest::Info,
-        "/vm/pause" => ApiRequest::Pause,
-        "/vm/resume" => ApiRequest::Resume,
-        "/vm/reboot" => ApiRequest::Reboot,
-        "/metrics" => ApiRequest::Metrics,
-        "/vm/shutdown" => {
+    };
+    Ok(match (template, req.method.as_str()) {
+        ("/vm", _) => ApiRequest::Info,
+        ("/vm/pause", _) => ApiRequest::Pause,
+        ("/vm/resume", _) => ApiRequest::Resume,
+        ("/vm/reboot", _) => ApiRequest::Reboot,
+        ("/metrics", _) => ApiRequest::Metrics,
+        ("/vm/disks/{id}/limits", "GET") => ApiRequest::DiskLimits { id: device_id(id)? },
+        ("/vm/disks/{id}/limits", _) => ApiRequest::SetDiskLimits {
+            id: device_id(id)?,
+            limit: checked_limit(required_body(req)?, "")?,
+        },
+        ("/vm/nets/{id}/limits", "GET") => ApiRequest::NetLimits { id: device_id(id)? },
+        ("/vm/nets/{id}/limits", _) => {
+            let l: NetLimits = required_body(req)?;
+            ApiRequest::SetNetLimits {
+                id: device_id(id)?,
+                limits: NetLimits {
+                    rx: checked_limit(l.rx, "rx ")?,
+                    tx: checked_limit(l.tx, "tx ")?,
+                },
+            }
+        }
+        ("/vm/shutdown", _) => {
             let r: ShutdownRequest = body(req)?;
             let timeout_ms = r.timeout_ms.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS);
             if timeout_ms > MAX_SHUTDOWN_TIMEOUT_MS {
@@ -78,7 +152,7 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
             }
             ApiRequest::Shutdown { timeout_ms }
         }
-        "/vm/snapshot" => {
+        ("/vm/snapshot", _) => {
             let r: SnapshotRequest = required_body(req)?;
             if r.path.is_empty() {
                 return Err(error_response(400, "snapshot path must not be empty"));
@@ -127,6 +201,53 @@ mod tests {
     }
 
     #[test]
+    fn limit_routes_take_the_device_id_from_the_path() {
+        assert_eq!(
+            route(&req("GET", "/vm/disks/data-1/limits", "")),
+            Ok(ApiRequest::DiskLimits {
+                id: "data-1".into()
+            })
+        );
+        assert_eq!(
+            route(&req(
+                "PUT",
+                "/vm/disks/disk0/limits",
+                "{\"bytes_per_sec\":20971520}"
+            )),
+            Ok(ApiRequest::SetDiskLimits {
+                id: "disk0".into(),
+                limit: IoLimit {
+                    bytes_per_sec: Some(20 << 20),
+                    ..IoLimit::default()
+                }
+            })
+        );
+        assert_eq!(
+            route(&req("GET", "/vm/nets/net0/limits", "")),
+            Ok(ApiRequest::NetLimits { id: "net0".into() })
+        );
+        let set = route(&req(
+            "PUT",
+            "/vm/nets/net0/limits",
+            "{\"tx\":{\"bytes_per_sec\":1000,\"bytes_burst\":10}}",
+        ));
+        let Ok(ApiRequest::SetNetLimits { id, limits }) = set else {
+            panic!("{set:?}");
+        };
+        assert_eq!(id, "net0");
+        assert!(limits.rx.is_unlimited());
+        assert_eq!(limits.tx.bytes_burst, Some(10));
+        // an empty object is "no limits"
+        assert_eq!(
+            route(&req("PUT", "/vm/disks/disk0/limits", "{}")),
+            Ok(ApiRequest::SetDiskLimits {
+                id: "disk0".into(),
+                limit: IoLimit::default()
+            })
+        );
+    }
+
+    #[test]
     fn bad_requests_get_4xx() {
         let cases = [
             (req("GET", "/nope", ""), 404),
@@ -143,6 +264,33 @@ mod tests {
                 400,
             ),
             (req("PUT", "/vm/shutdown", "[1,2"), 400),
+            (req("POST", "/vm/disks/disk0/limits", ""), 405),
+            (req("GET", "/vm/disks//limits", ""), 404),
+            (req("GET", "/vm/disks/a/b/limits", ""), 404),
+            (req("GET", "/vm/disks/d%20x/limits", ""), 404),
+            (req("PUT", "/vm/disks/disk0/limits", ""), 400),
+            (req("PUT", "/vm/disks/disk0/limits", "{\"bw\":1}"), 400),
+            (
+                req("PUT", "/vm/disks/disk0/limits", "{\"bytes_per_sec\":0}"),
+                400,
+            ),
+            (
+                req("PUT", "/vm/disks/disk0/limits", "{\"bytes_per_sec\":-1}"),
+                400,
+            ),
+            (
+                req("PUT", "/vm/disks/disk0/limits", "{\"ops_burst\":5}"),
+                400,
+            ),
+            (
+                req(
+                    "PUT",
+                    "/vm/nets/net0/limits",
+                    "{\"rx\":{\"ops_per_sec\":0}}",
+                ),
+                400,
+            ),
+            (req("PUT", "/vm/nets/net0/limits", "{\"up\":{}}"), 400),
         ];
         for (r, status) in cases {
             let resp = route(&r).unwrap_err();

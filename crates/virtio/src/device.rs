@@ -19,6 +19,14 @@ pub enum InterruptKind {
 /// How a device signals the guest (MSI-X vectors through irqfds for virtio-pci).
 pub trait Interrupt: Send + Sync {
     fn trigger(&self, kind: InterruptKind) -> io::Result<()>;
+
+    /// The device cannot go on without a reset (a queue the driver corrupted): the transport
+    /// sets DEVICE_NEEDS_RESET (0x40) in the device status until the driver resets the
+    /// device, and raises a configuration-change interrupt (virtio 1.x §2.1.2, §4.1.4.3).
+    /// The default only raises the interrupt, for transports without a status register.
+    fn set_needs_reset(&self) {
+        let _ = self.trigger(InterruptKind::Config);
+    }
 }
 
 /// One activated queue: the negotiated ring and the eventfd the guest's kicks arrive on.

@@ -12,6 +12,7 @@ pub mod block;
 pub mod device;
 pub mod log_limit;
 pub mod net;
+pub mod queue_fault;
 pub mod rate_limiter;
 pub mod rng;
 pub mod vsock;

@@ -5,7 +5,7 @@
 //! device never offered, queues in guest memory that does not exist. Each is ignored or ends
 //! in `NEEDS_RESET`, never in a panic.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arch::GuestMemoryMmap;
@@ -39,6 +39,9 @@ pub struct CommonConfig {
     driver_features: u64,
     queue_select: u16,
     status: u8,
+    /// Raised by the device's worker (through its interrupt) when a queue became unusable;
+    /// reads as DEVICE_NEEDS_RESET until the driver resets the device.
+    needs_reset: Arc<AtomicBool>,
     active: bool,
 }
 
@@ -89,8 +92,15 @@ impl CommonConfig {
             driver_features: 0,
             queue_select: 0,
             status: 0,
+            needs_reset: Arc::new(AtomicBool::new(false)),
             active: false,
         })
+    }
+
+    /// Shares the flag the device's interrupt sets when the device needs a reset.
+    pub fn with_needs_reset(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.needs_reset = flag;
+        self
     }
 
     pub fn device(&self) -> &dyn VirtioDevice {
@@ -106,8 +116,13 @@ impl CommonConfig {
         &self.kicks
     }
 
+    /// The device status as the driver reads it.
     pub fn status(&self) -> u8 {
-        self.status
+        if self.needs_reset.load(Ordering::Acquire) {
+            self.status | STATUS_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     fn queue(&self) -> Option<&Queue> {
@@ -153,7 +168,7 @@ impl CommonConfig {
             },
             (0x10, 2) => u64::from(self.vectors.config.load(Ordering::Acquire)),
             (0x12, 2) => self.queues.len() as u64,
-            (0x14, 1) => u64::from(self.status),
+            (0x14, 1) => u64::from(self.status()),
             (0x15, 1) => 0,
             (0x16, 2) => u64::from(self.queue_select),
             (0x18, 2) => self.queue().map_or(0, |q| u64::from(q.size())),
@@ -266,7 +281,8 @@ impl CommonConfig {
             return;
         }
         let old = self.status;
-        let mut new = v | (old & STATUS_NEEDS_RESET);
+        // NEEDS_RESET is the device's to set: the driver's bit 0x40 is ignored
+        let mut new = (v & !STATUS_NEEDS_RESET) | (old & STATUS_NEEDS_RESET);
         let newly = new & !old;
         if newly & STATUS_FEATURES_OK != 0 {
             let offered = self.device.features();
@@ -343,6 +359,8 @@ impl CommonConfig {
         if self.active && !self.device.reset() {
             tracing::warn!("device cannot be reset; it stays inactive until the VM restarts");
         }
+        // the worker is stopped: nothing sets the flag again until the next activation
+        self.needs_reset.store(false, Ordering::Release);
         self.active = false;
         for q in &mut self.queues {
             q.reset();

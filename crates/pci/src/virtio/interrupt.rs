@@ -2,7 +2,7 @@
 //! chose for the event (configuration change or a queue), raised through MSI-X, and the
 //! ISR status bits.
 
-use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use virtio::{Interrupt, InterruptKind};
@@ -41,6 +41,9 @@ pub struct VirtioInterrupt {
     pub msix: Arc<Msix>,
     pub vectors: Arc<Vectors>,
     pub isr: Arc<AtomicU8>,
+    /// Set by the device's worker when it needs a reset; the common configuration shows it
+    /// as DEVICE_NEEDS_RESET in the status register and clears it on reset.
+    pub needs_reset: Arc<AtomicBool>,
 }
 
 impl Interrupt for VirtioInterrupt {
@@ -57,5 +60,11 @@ impl Interrupt for VirtioInterrupt {
             self.msix.trigger(vector);
         }
         Ok(())
+    }
+
+    fn set_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::AcqRel) {
+            let _ = self.trigger(InterruptKind::Config);
+        }
     }
 }

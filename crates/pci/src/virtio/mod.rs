@@ -15,7 +15,7 @@ mod interrupt;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arch::GuestMemoryMmap;
@@ -152,10 +152,12 @@ impl VirtioPciDevice {
 
         let isr = Arc::new(AtomicU8::new(0));
         let vectors = Arc::new(Vectors::new(queues));
+        let needs_reset = Arc::new(AtomicBool::new(false));
         let interrupt = Arc::new(VirtioInterrupt {
             msix: Arc::clone(&msix),
             vectors: Arc::clone(&vectors),
             isr: Arc::clone(&isr),
+            needs_reset: Arc::clone(&needs_reset),
         });
         let common = CommonConfig::new(
             device,
@@ -164,7 +166,8 @@ impl VirtioPciDevice {
             vectors,
             Arc::clone(&isr),
             msix.vectors(),
-        )?;
+        )?
+        .with_needs_reset(needs_reset);
         Ok(VirtioPciDevice {
             id: id.to_string(),
             config,
@@ -195,7 +198,8 @@ impl VirtioPciDevice {
             .map(move |(i, e)| (base + i as u64 * u64::from(NOTIFY_MULTIPLIER), e))
     }
 
-    /// The virtio device status register (for tests and diagnostics).
+    /// The virtio device status register as the driver reads it, DEVICE_NEEDS_RESET included
+    /// (for tests and diagnostics).
     pub fn device_status(&self) -> u8 {
         self.common.status()
     }

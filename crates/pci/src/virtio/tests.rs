@@ -17,6 +17,8 @@ struct Seen {
     activated: Vec<u16>,
     resets: usize,
     config_writes: Vec<(u64, Vec<u8>)>,
+    /// The interrupt of the last activation, as a device worker would hold it.
+    interrupt: Option<Arc<dyn Interrupt>>,
 }
 
 struct FakeDevice {
@@ -50,13 +52,14 @@ impl VirtioDevice for FakeDevice {
     fn activate(
         &mut self,
         _mem: GuestMemoryMmap,
-        _interrupt: Arc<dyn Interrupt>,
+        interrupt: Arc<dyn Interrupt>,
         queues: Vec<QueueHandle>,
     ) -> Result<(), ActivateError> {
         let mut s = self.seen.lock().unwrap();
         if !s.activated.is_empty() {
             return Err(ActivateError::AlreadyActive);
         }
+        s.interrupt = Some(interrupt);
         s.activated = queues.iter().map(|q| q.index).collect();
         Ok(())
     }
@@ -64,6 +67,7 @@ impl VirtioDevice for FakeDevice {
         let mut s = self.seen.lock().unwrap();
         s.resets += 1;
         s.activated.clear();
+        s.interrupt = None;
         true
     }
 }
@@ -277,4 +281,99 @@ fn hostile_register_traffic_never_panics() {
             }
         }
     }
+}
+
+/// Routes and unmasks MSI-X vector 0 and makes it the configuration-change vector.
+fn config_vector_0(d: &mut VirtioPciDevice) {
+    d.config_write(d.msix_cap_reg, 2, &0x8000u16.to_le_bytes());
+    for (off, v) in [(0x4000, 0xfee0_0000u32), (0x4008, 0x30), (0x400c, 0)] {
+        w32(d, off, v);
+    }
+    w16(d, 0x10, 0);
+}
+
+#[test]
+fn device_needs_reset_shows_in_status_with_one_config_interrupt_until_reset() {
+    let (mut d, seen, rec) = setup();
+    config_vector_0(&mut d);
+    negotiate(&mut d);
+    setup_queue(&mut d, 0, 0x10000);
+    set_status(&mut d, 0xf);
+    assert_eq!(status(&mut d), 0xf);
+    rec.take();
+    let interrupt = seen.lock().unwrap().interrupt.clone().unwrap();
+
+    // the worker found the ring corrupt
+    interrupt.set_needs_reset();
+    assert_eq!(status(&mut d), 0xf | STATUS_NEEDS_RESET);
+    assert_eq!(d.device_status(), 0xf | STATUS_NEEDS_RESET);
+    assert_eq!(rec.take(), ["fire 0"], "one configuration-change interrupt");
+    let mut isr = [0u8; 1];
+    BusDevice::read(&mut d, 0x1000, &mut isr);
+    assert_eq!(isr[0], 2, "ISR says: configuration changed");
+    interrupt.set_needs_reset();
+    assert!(rec.take().is_empty(), "raised once until the reset");
+
+    // the driver cannot clear it by writing the status, only by resetting
+    set_status(&mut d, 0xf);
+    assert_eq!(status(&mut d), 0xf | STATUS_NEEDS_RESET);
+    set_status(&mut d, 0);
+    assert_eq!(status(&mut d), 0);
+    negotiate(&mut d);
+    setup_queue(&mut d, 0, 0x10000);
+    set_status(&mut d, 0xf);
+    assert_eq!(status(&mut d), 0xf, "a reset device starts clean");
+}
+
+#[test]
+fn driver_cannot_set_needs_reset_itself() {
+    let (mut d, _, _) = setup();
+    set_status(&mut d, 1 | STATUS_NEEDS_RESET);
+    assert_eq!(status(&mut d), 1);
+}
+
+/// The real entropy device behind the transport: a driver whose avail index jumps past the
+/// queue size gets NEEDS_RESET from the device's worker thread, and a reset brings the
+/// device back.
+#[test]
+fn rng_with_a_corrupt_avail_index_needs_reset() {
+    use vm_memory::Bytes;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let rec = Recorder::default();
+    let rng = virtio::rng::Rng::new("rng0");
+    let mut d = VirtioPciDevice::new(
+        "rng0",
+        Box::new(rng),
+        mem.clone(),
+        BAR,
+        Box::new(rec.clone()),
+    )
+    .unwrap();
+    config_vector_0(&mut d);
+    set_status(&mut d, 3);
+    w32(&mut d, 0x08, 1);
+    w32(&mut d, 0x0c, 1);
+    set_status(&mut d, 0xb);
+    w16(&mut d, 0x16, 0);
+    w16(&mut d, 0x18, 8);
+    for (off, v) in [(0x20, 0x10000u32), (0x28, 0x11000), (0x30, 0x12000)] {
+        w32(&mut d, off, v);
+    }
+    w16(&mut d, 0x1c, 1);
+    set_status(&mut d, 0xf);
+    assert_eq!(status(&mut d), 0xf);
+
+    // avail.idx = 100 on a queue of 8, then a kick (the notify fallback path)
+    mem.write_obj(100u16, GuestAddress(0x11002)).unwrap();
+    w16(&mut d, 0x3000, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(&mut d) & STATUS_NEEDS_RESET == 0 {
+        assert!(std::time::Instant::now() < deadline, "no NEEDS_RESET");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(status(&mut d), 0xf | STATUS_NEEDS_RESET);
+    let used_idx: u16 = mem.read_obj(GuestAddress(0x12002)).unwrap();
+    assert_eq!(used_idx, 0, "nothing of the corrupt ring was used");
+    set_status(&mut d, 0);
+    assert_eq!(status(&mut d), 0);
 }

@@ -10,6 +10,7 @@ use super::io::DiskFile;
 use super::request::{ParseFailure, Request, RequestError, RequestType};
 use super::{ID_BYTES, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
 use crate::device::{Interrupt, InterruptKind};
+use crate::queue_fault::{pop_chain, QueueFault};
 
 /// Where a rate limiter plugs in: every parsed request asks the gate first. A refused
 /// request goes back on the queue untouched and the worker stops serving until the gate's
@@ -62,52 +63,57 @@ enum Outcome {
 }
 
 impl QueueServer {
-    /// Serves everything available; interrupts the guest if anything was completed.
+    /// Serves everything available; interrupts the guest if anything was completed. A ring
+    /// the driver corrupted stops the queue and asks for a reset (NEEDS_RESET).
     pub fn serve(&mut self, interrupt: &dyn Interrupt) {
         if self.broken {
             return;
         }
-        let mut completed = false;
         let mem = self.mem.clone();
-        'outer: loop {
-            if self.queue.disable_notification(&mem).is_err() {
-                self.broken = true;
-                break;
+        let (completed, fault) = self.serve_ring(&mem);
+        if let Some(fault) = fault {
+            self.broken = true;
+            crate::queue_fault::report("virtio-blk", self.index, &fault, interrupt);
+        }
+        if completed && self.queue.needs_notification(&mem).unwrap_or(true) {
+            let _ = interrupt.trigger(InterruptKind::Queue(self.index));
+        }
+    }
+
+    /// Pops and completes chains until the ring is empty or the gate defers one; returns
+    /// whether anything completed and the fault that stopped it, if any.
+    fn serve_ring(&mut self, mem: &GuestMemoryMmap) -> (bool, Option<QueueFault>) {
+        let mut completed = false;
+        loop {
+            if self.queue.disable_notification(mem).is_err() {
+                return (completed, Some(QueueFault::UsedRing));
             }
-            while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
+            loop {
+                let chain = match pop_chain(&mut self.queue, mem) {
+                    Ok(Some(chain)) => chain,
+                    Ok(None) => break,
+                    Err(fault) => return (completed, Some(fault)),
+                };
                 let head = chain.head_index();
-                match self.handle(&mem, chain) {
+                match self.handle(mem, chain) {
                     Outcome::Done(len) => {
-                        if self.queue.add_used(&mem, head, len).is_err() {
-                            self.broken = true;
-                            break 'outer;
+                        if self.queue.add_used(mem, head, len).is_err() {
+                            return (completed, Some(QueueFault::UsedRing));
                         }
                         completed = true;
                     }
                     Outcome::Deferred => {
                         self.queue
                             .set_next_avail(self.queue.next_avail().wrapping_sub(1));
-                        break 'outer;
+                        return (completed, None);
                     }
                 }
             }
-            match self.queue.enable_notification(&mem) {
+            match self.queue.enable_notification(mem) {
                 Ok(true) => continue,
-                Ok(false) => break,
-                Err(_) => {
-                    self.broken = true;
-                    break;
-                }
+                Ok(false) => return (completed, None),
+                Err(_) => return (completed, Some(QueueFault::UsedRing)),
             }
-        }
-        if self.broken {
-            crate::warn_limited!(
-                queue = self.index,
-                "virtio-blk: queue is corrupt; device stops serving it"
-            );
-        }
-        if completed && self.queue.needs_notification(&mem).unwrap_or(true) {
-            let _ = interrupt.trigger(InterruptKind::Queue(self.index));
         }
     }
 

@@ -3,7 +3,9 @@
 //! Frames carry the 12-byte virtio-net header both ways: the TAP speaks the same header
 //! (`IFF_VNET_HDR`), so offload metadata passes through untouched. Bad chains (wrong
 //! direction, bad addresses, too long, too short) are returned used with length 0 and
-//! counted; nothing a guest writes into a ring stops the worker or panics the VMM.
+//! counted. A corrupt ring (avail index jumping past the queue size, a head index the used
+//! ring refuses) stops the card and asks the driver for a reset (NEEDS_RESET); nothing a
+//! guest writes panics the VMM.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -18,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::Tap;
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::queue_fault::{pop_chain, QueueFault};
 use crate::rate_limiter::RateLimiter;
 use crate::{Interrupt, InterruptKind, QueueHandle};
 
@@ -140,6 +143,8 @@ pub struct Worker {
     /// The pending frame already passed the RX limiter.
     rx_admitted: bool,
     tx_buf: Vec<u8>,
+    /// The driver corrupted a ring: the card stops until it is reset (NEEDS_RESET).
+    broken: bool,
 }
 
 /// What the worker needs besides its queues.
@@ -174,7 +179,18 @@ impl Worker {
             rx_pending: 0,
             rx_admitted: false,
             tx_buf: vec![0; MAX_FRAME_LEN],
+            broken: false,
         }
+    }
+
+    /// Whether a corrupt ring stopped the card.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn fail(&mut self, queue: u16, fault: &QueueFault) {
+        self.broken = true;
+        crate::queue_fault::report("virtio-net", queue, fault, self.interrupt.as_ref());
     }
 
     fn notify(&mut self, which: u16) {
@@ -193,11 +209,26 @@ impl Worker {
 
     /// Sends every frame the guest queued, as far as the TX limiter allows.
     pub fn process_tx(&mut self) {
+        if self.broken {
+            return;
+        }
+        match self.drain_tx() {
+            Ok(used) => {
+                if used {
+                    self.notify(TX_INDEX);
+                }
+            }
+            Err(fault) => self.fail(TX_INDEX, &fault),
+        }
+    }
+
+    /// The TX loop of [`Worker::process_tx`]; returns whether chains were used.
+    fn drain_tx(&mut self) -> Result<bool, QueueFault> {
         let mut used = false;
         loop {
             let _ = self.tx.queue.disable_notification(&self.mem);
             while !self.tx_limiter.is_blocked() {
-                let Some(chain) = self.tx.queue.pop_descriptor_chain(&self.mem) else {
+                let Some(chain) = pop_chain(&mut self.tx.queue, &self.mem)? else {
                     break;
                 };
                 let head = chain.head_index();
@@ -223,27 +254,41 @@ impl Worker {
                         bump(&self.counters.bad_chains, 1);
                     }
                 }
-                if self.tx.queue.add_used(&self.mem, head, 0).is_err() {
-                    bump(&self.counters.bad_chains, 1);
-                }
+                self.tx
+                    .queue
+                    .add_used(&self.mem, head, 0)
+                    .map_err(|_| QueueFault::UsedRing)?;
                 used = true;
             }
             if self.tx_limiter.is_blocked() {
-                break;
+                return Ok(used);
             }
             // with EVENT_IDX, re-enabling tells whether the guest queued more meanwhile
             match self.tx.queue.enable_notification(&self.mem) {
                 Ok(true) => continue,
-                _ => break,
+                Ok(false) => return Ok(used),
+                Err(_) => return Err(QueueFault::UsedRing),
             }
-        }
-        if used {
-            self.notify(TX_INDEX);
         }
     }
 
     /// Delivers frames from the TAP while the guest has buffers and the RX limiter allows.
     pub fn process_rx(&mut self) {
+        if self.broken {
+            return;
+        }
+        match self.fill_rx() {
+            Ok(used) => {
+                if used {
+                    self.notify(RX_INDEX);
+                }
+            }
+            Err(fault) => self.fail(RX_INDEX, &fault),
+        }
+    }
+
+    /// The RX loop of [`Worker::process_rx`]; returns whether chains were used.
+    fn fill_rx(&mut self) -> Result<bool, QueueFault> {
         let mut used = false;
         loop {
             if self.rx_pending == 0 {
@@ -270,13 +315,14 @@ impl Worker {
                 }
                 self.rx_admitted = true;
             }
-            let Some(chain) = self.rx.queue.pop_descriptor_chain(&self.mem) else {
+            let Some(chain) = pop_chain(&mut self.rx.queue, &self.mem)? else {
                 // out of guest buffers: ask for a kick when the guest adds some (with
                 // EVENT_IDX this publishes avail_event; without it the guest never kicks
                 // the RX queue again), unless it added some meanwhile
                 match self.rx.queue.enable_notification(&self.mem) {
                     Ok(true) => continue,
-                    _ => break,
+                    Ok(false) => break,
+                    Err(_) => return Err(QueueFault::UsedRing),
                 }
             };
             let head = chain.head_index();
@@ -303,14 +349,13 @@ impl Worker {
                 }
             };
             let written = u32::try_from(written).unwrap_or(0);
-            if self.rx.queue.add_used(&self.mem, head, written).is_err() {
-                bump(&self.counters.bad_chains, 1);
-            }
+            self.rx
+                .queue
+                .add_used(&self.mem, head, written)
+                .map_err(|_| QueueFault::UsedRing)?;
             used = true;
         }
-        if used {
-            self.notify(RX_INDEX);
-        }
+        Ok(used)
     }
 
     /// Serves the queues until `stop` is written. Returns the queues for a later activation.

@@ -7,6 +7,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use crate::device::{ActivateError, Interrupt, InterruptKind, QueueHandle, VirtioDevice};
+use crate::queue_fault::{pop_chain, QueueFault};
 use crate::worker::{Worker, WorkerEvent};
 
 pub const TYPE_RNG: u32 = 4;
@@ -75,37 +76,45 @@ fn fill_chain(
     written as u32
 }
 
-/// Serves every available chain. Returns false if the queue is broken (the device stops
-/// using it).
+/// Serves every available chain; a fault means the driver corrupted the ring and the device
+/// must stop using it.
 pub(crate) fn serve(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
     index: u16,
     interrupt: &dyn Interrupt,
-) -> bool {
+) -> Result<(), QueueFault> {
     let mut used_any = false;
-    loop {
+    let result = loop {
         if queue.disable_notification(mem).is_err() {
-            return false;
+            break Err(QueueFault::UsedRing);
         }
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let drained = loop {
+            let chain = match pop_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break Ok(()),
+                Err(fault) => break Err(fault),
+            };
             let head = chain.head_index();
             let len = fill_chain(mem, chain);
             if queue.add_used(mem, head, len).is_err() {
-                return false;
+                break Err(QueueFault::UsedRing);
             }
             used_any = true;
+        };
+        if drained.is_err() {
+            break drained;
         }
         match queue.enable_notification(mem) {
             Ok(true) => continue,
-            Ok(false) => break,
-            Err(_) => return false,
+            Ok(false) => break Ok(()),
+            Err(_) => break Err(QueueFault::UsedRing),
         }
-    }
+    };
     if used_any && queue.needs_notification(mem).unwrap_or(true) {
         let _ = interrupt.trigger(InterruptKind::Queue(index));
     }
-    true
+    result
 }
 
 impl VirtioDevice for Rng {
@@ -152,8 +161,8 @@ impl VirtioDevice for Rng {
             if broken || !matches!(ev, WorkerEvent::Kick(_)) {
                 return;
             }
-            if !serve(&mem, &mut queue, index, interrupt.as_ref()) {
-                crate::warn_limited!("virtio-rng: queue is broken; the device stops serving it");
+            if let Err(fault) = serve(&mem, &mut queue, index, interrupt.as_ref()) {
+                crate::queue_fault::report("virtio-rng", index, &fault, interrupt.as_ref());
                 broken = true;
             }
         })
@@ -197,7 +206,7 @@ mod tests {
         vq.add_desc_chains(descs, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let irqs = Irqs::default();
-        assert!(serve(&mem, &mut q, 0, &irqs));
+        assert_eq!(serve(&mem, &mut q, 0, &irqs), Ok(()));
         let used: VirtqUsedElem = vq.used().ring().ref_at(0).unwrap().load();
         (used.len(), irqs.0.into_inner().unwrap())
     }

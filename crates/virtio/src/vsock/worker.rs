@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::Muxer;
 use super::packet::Hdr;
 use super::MAX_PKT_DATA;
+use crate::queue_fault::{pop_chain, QueueFault};
 use crate::{Interrupt, InterruptKind, QueueHandle};
 
 pub const RX_INDEX: u16 = 0;
@@ -44,6 +45,8 @@ pub struct Worker {
     mux: Muxer,
     buf: Vec<u8>,
     counters: Arc<VsockCounters>,
+    /// The driver corrupted a ring: the device stops until it is reset (NEEDS_RESET).
+    broken: bool,
 }
 
 fn bump(c: &AtomicU64) {
@@ -68,7 +71,18 @@ impl Worker {
             mux,
             buf: vec![0; MAX_PKT_DATA as usize],
             counters,
+            broken: false,
         }
+    }
+
+    /// Whether a corrupt ring stopped the device.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn fail(&mut self, queue: u16, fault: &QueueFault) {
+        self.broken = true;
+        crate::queue_fault::report("virtio-vsock", queue, fault, self.interrupt.as_ref());
     }
 
     pub fn muxer(&mut self) -> &mut Muxer {
@@ -90,8 +104,20 @@ impl Worker {
 
     /// Takes every packet the guest queued and hands it to the muxer.
     pub fn process_tx(&mut self) {
+        if self.broken {
+            return;
+        }
+        match self.drain_tx() {
+            Ok(true) => self.notify(TX_INDEX),
+            Ok(false) => {}
+            Err(fault) => self.fail(TX_INDEX, &fault),
+        }
+    }
+
+    /// The loop of [`Worker::process_tx`]; returns whether chains were used.
+    fn drain_tx(&mut self) -> Result<bool, QueueFault> {
         let mut used = false;
-        while let Some(mut chain) = self.tx.queue.pop_descriptor_chain(&self.mem) {
+        while let Some(mut chain) = pop_chain(&mut self.tx.queue, &self.mem)? {
             let head = chain.head_index();
             let parsed =
                 VsockPacket::from_tx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA).map(|pkt| {
@@ -112,21 +138,32 @@ impl Worker {
                     bump(&self.counters.bad_chains);
                 }
             }
-            if self.tx.queue.add_used(&self.mem, head, 0).is_err() {
-                bump(&self.counters.bad_chains);
-            }
+            self.tx
+                .queue
+                .add_used(&self.mem, head, 0)
+                .map_err(|_| QueueFault::UsedRing)?;
             used = true;
         }
-        if used {
-            self.notify(TX_INDEX);
-        }
+        Ok(used)
     }
 
     /// Fills the guest's RX buffers with waiting packets.
     pub fn process_rx(&mut self) {
+        if self.broken {
+            return;
+        }
+        match self.fill_rx() {
+            Ok(true) => self.notify(RX_INDEX),
+            Ok(false) => {}
+            Err(fault) => self.fail(RX_INDEX, &fault),
+        }
+    }
+
+    /// The loop of [`Worker::process_rx`]; returns whether chains were used.
+    fn fill_rx(&mut self) -> Result<bool, QueueFault> {
         let mut used = false;
         while self.mux.has_packets() {
-            let Some(mut chain) = self.rx.queue.pop_descriptor_chain(&self.mem) else {
+            let Some(mut chain) = pop_chain(&mut self.rx.queue, &self.mem)? else {
                 break;
             };
             let head = chain.head_index();
@@ -136,7 +173,10 @@ impl Worker {
                     Err(e) => {
                         tracing::debug!(error = %e, "bad vsock RX chain");
                         bump(&self.counters.bad_chains);
-                        let _ = self.rx.queue.add_used(&self.mem, head, 0);
+                        self.rx
+                            .queue
+                            .add_used(&self.mem, head, 0)
+                            .map_err(|_| QueueFault::UsedRing)?;
                         used = true;
                         continue;
                     }
@@ -164,14 +204,13 @@ impl Worker {
             }
             bump(&self.counters.rx_packets);
             let len = (PKT_HEADER_SIZE + n) as u32;
-            if self.rx.queue.add_used(&self.mem, head, len).is_err() {
-                bump(&self.counters.bad_chains);
-            }
+            self.rx
+                .queue
+                .add_used(&self.mem, head, len)
+                .map_err(|_| QueueFault::UsedRing)?;
             used = true;
         }
-        if used {
-            self.notify(RX_INDEX);
-        }
+        Ok(used)
     }
 
     /// Serves the device until `stop` is written.

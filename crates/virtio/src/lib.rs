@@ -15,6 +15,8 @@ pub mod net;
 pub mod queue_fault;
 pub mod rate_limiter;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_util;
 pub mod vsock;
 pub mod worker;
 

@@ -8,6 +8,8 @@
 //! - [`device`]: the [`crate::VirtioDevice`] face: features, configuration space, activation.
 
 pub mod device;
+#[cfg(test)]
+mod hostile_tests;
 pub mod io;
 pub mod request;
 pub mod worker;

@@ -7,6 +7,8 @@
 //!   per-direction [`RateLimiter`](crate::rate_limiter::RateLimiter)s.
 
 pub mod device;
+#[cfg(test)]
+mod hostile_tests;
 pub mod tap;
 pub mod worker;
 

@@ -2,5 +2,7 @@
 //! `getrandom(2)`.
 
 mod device;
+#[cfg(test)]
+mod hostile_tests;
 
 pub use device::Rng;

@@ -14,6 +14,8 @@
 
 pub mod conn;
 pub mod device;
+#[cfg(test)]
+mod hostile_tests;
 pub mod muxer;
 pub mod packet;
 pub mod worker;

@@ -52,6 +52,10 @@ pub enum ConfigError {
     BadBarAddress(u64),
     #[error("capability of {0} bytes does not fit in configuration space")]
     CapabilityTooLarge(usize),
+    #[error("saved configuration space has {0} registers, expected {NUM_REGS}")]
+    StateLength(usize),
+    #[error("saved configuration space is of device {saved:#010x}, this function is {this:#010x}")]
+    StateIdentity { saved: u32, this: u32 },
 }
 
 impl PciConfiguration {
@@ -129,6 +133,31 @@ impl PciConfiguration {
     fn set_byte(&mut self, at: usize, b: u8) {
         let (reg, shift) = (at / 4, (at % 4) * 8);
         self.regs[reg] = (self.regs[reg] & !(0xff << shift)) | u32::from(b) << shift;
+    }
+
+    /// The registers, for a snapshot.
+    pub fn save_state(&self) -> Vec<u32> {
+        self.regs.to_vec()
+    }
+
+    /// Takes the guest-writable bits of saved registers (command, BARs, capability
+    /// controls); the read-only rest is this function's own. The saved vendor/device ID
+    /// must be this function's.
+    pub fn restore_state(&mut self, saved: &[u32]) -> Result<(), ConfigError> {
+        if saved.len() != NUM_REGS {
+            return Err(ConfigError::StateLength(saved.len()));
+        }
+        if saved[0] != self.regs[0] {
+            return Err(ConfigError::StateIdentity {
+                saved: saved[0],
+                this: self.regs[0],
+            });
+        }
+        for (reg, &value) in saved.iter().enumerate() {
+            let w = self.writable[reg];
+            self.regs[reg] = (self.regs[reg] & !w) | (value & w);
+        }
+        Ok(())
     }
 
     /// Reads register `reg` (out of range reads as all ones).
@@ -241,6 +270,29 @@ mod tests {
         c.write_reg(0x44 / 4, 0, &[0; 4]);
         assert_eq!(c.read_reg(0x44 / 4) & 0xff, 0x09);
         assert!(c.add_capability(&[0u8; 300], &[]).is_err());
+    }
+
+    #[test]
+    fn state_round_trips_writable_bits_only() {
+        let mut c = cfg();
+        c.add_mem_bar32(0, 0xc000_0000, 0x8000).unwrap();
+        c.write_reg(1, 0, &0x0406u32.to_le_bytes());
+        let mut saved = c.save_state();
+        let mut fresh = cfg();
+        fresh.add_mem_bar32(0, 0xc000_0000, 0x8000).unwrap();
+        saved[2] = 0xdead_beef; // read-only class code: not taken
+        fresh.restore_state(&saved).unwrap();
+        assert_eq!(fresh.read_reg(1) & 0xffff, 0x0406);
+        assert_eq!(fresh.read_reg(2), 0x0180_0001);
+        assert_eq!(
+            fresh.restore_state(&saved[..10]),
+            Err(ConfigError::StateLength(10))
+        );
+        saved[0] = 0x1041_1af4;
+        assert!(matches!(
+            fresh.restore_state(&saved),
+            Err(ConfigError::StateIdentity { .. })
+        ));
     }
 
     #[test]

@@ -20,6 +20,35 @@ const ENTRY_MASKED: u32 = 1;
 /// Table size limit of the capability (11 bits).
 pub const MAX_VECTORS: u16 = 2048;
 
+/// One saved MSI-X table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixEntryState {
+    pub addr_lo: u32,
+    pub addr_hi: u32,
+    pub data: u32,
+    pub ctrl: u32,
+}
+
+/// The saved MSI-X state of one function: the table, the pending bits, and the enable and
+/// function-mask bits of the message control register.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixState {
+    pub entries: Vec<MsixEntryState>,
+    pub pending: Vec<bool>,
+    pub enabled: bool,
+    pub function_masked: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MsixStateError {
+    #[error("saved MSI-X state has {entries} table entries and {pending} pending bits, this function has {vectors} vectors")]
+    Size {
+        entries: usize,
+        pending: usize,
+        vectors: usize,
+    },
+}
+
 /// Where vectors go: GSI routes plus irqfds in production, a recorder in tests.
 pub trait MsiSink: Send + Sync {
     /// Points `vector` at `msg`.
@@ -145,6 +174,56 @@ impl Msix {
         } else {
             s.pending[v] = true;
         }
+    }
+
+    /// The table, pending bits and control bits, for a snapshot.
+    pub fn save_state(&self) -> MsixState {
+        let s = self.lock();
+        MsixState {
+            entries: s
+                .entries
+                .iter()
+                .map(|e| MsixEntryState {
+                    addr_lo: e.msg.addr_lo,
+                    addr_hi: e.msg.addr_hi,
+                    data: e.msg.data,
+                    ctrl: e.ctrl,
+                })
+                .collect(),
+            pending: s.pending.clone(),
+            enabled: s.enabled,
+            function_masked: s.function_masked,
+        }
+    }
+
+    /// Takes saved state and routes every vector that can be delivered (the GSI routes of a
+    /// new VM are rebuilt from the table here); pending vectors stay pending until unmasked.
+    pub fn restore_state(&self, st: &MsixState) -> Result<(), MsixStateError> {
+        let mut s = self.lock();
+        let vectors = s.entries.len();
+        if st.entries.len() != vectors || st.pending.len() != vectors {
+            return Err(MsixStateError::Size {
+                entries: st.entries.len(),
+                pending: st.pending.len(),
+                vectors,
+            });
+        }
+        for (e, saved) in s.entries.iter_mut().zip(&st.entries) {
+            e.msg = MsiMessage {
+                addr_lo: saved.addr_lo,
+                addr_hi: saved.addr_hi,
+                data: saved.data,
+            };
+            e.ctrl = saved.ctrl & ENTRY_MASKED;
+        }
+        s.pending.clone_from(&st.pending);
+        s.routed.iter_mut().for_each(|r| *r = None);
+        s.enabled = st.enabled;
+        s.function_masked = st.function_masked;
+        for v in 0..vectors {
+            self.update(&mut s, v);
+        }
+        Ok(())
     }
 
     /// Reads the vector table (4 or 8-byte accesses; others read as zero).
@@ -317,6 +396,37 @@ pub(crate) mod tests {
         assert_eq!(rec.take(), ["fire 0"]);
         program(&m, 1, 0x42);
         assert_eq!(rec.take(), ["route 1 0x42", "fire 1"]);
+    }
+
+    #[test]
+    fn state_round_trip_reroutes_live_vectors() {
+        let rec = Recorder::default();
+        let m = Msix::new(3, Box::new(rec.clone()));
+        m.set_control(CTRL_ENABLE);
+        program(&m, 0, 0x41);
+        program(&m, 2, 0x43);
+        m.write_table(2 * 16 + 12, &1u32.to_le_bytes()); // mask vector 2
+        m.trigger(2);
+        let saved = m.save_state();
+        assert_eq!(saved.pending, [false, false, true]);
+
+        let rec2 = Recorder::default();
+        let fresh = Msix::new(3, Box::new(rec2.clone()));
+        fresh.restore_state(&saved).unwrap();
+        assert_eq!(
+            rec2.take(),
+            ["route 0 0x41"],
+            "only deliverable vectors are routed"
+        );
+        assert_eq!(fresh.save_state(), saved);
+        fresh.write_table(2 * 16 + 12, &0u32.to_le_bytes());
+        assert_eq!(rec2.take(), ["route 2 0x43", "fire 2"]);
+
+        let other = Msix::new(2, Box::new(Recorder::default()));
+        assert!(matches!(
+            other.restore_state(&saved),
+            Err(MsixStateError::Size { vectors: 2, .. })
+        ));
     }
 
     #[test]

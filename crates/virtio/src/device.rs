@@ -75,6 +75,97 @@ pub trait VirtioDevice: Send {
     /// Stops the workers and returns the device to its pre-activation state (driver reset).
     /// Returns false if the device cannot be reset (the transport then sets NEEDS_RESET).
     fn reset(&mut self) -> bool;
+
+    /// Snapshot, step 1: stops the workers and saves the device. Every device here completes
+    /// each request before its worker looks at the next event, so once the workers have
+    /// stopped no I/O is in flight and nothing writes guest memory until
+    /// [`VirtioDevice::resume`]: the snapshot holds no half-done request. A device that was
+    /// never activated saves no queues.
+    fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
+        Err(StateError::Unsupported(self.device_type()))
+    }
+
+    /// Snapshot, step 2: serves the queues again from where the workers stopped (no-op for a
+    /// device that was not active).
+    fn resume(&mut self) -> Result<(), StateError> {
+        Err(StateError::Unsupported(self.device_type()))
+    }
+
+    /// Restore, before the transport re-activates the device: takes the saved negotiated
+    /// features and checks the saved configuration against this device (opened from the
+    /// possibly overridden configuration). Queue positions are applied by the transport.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        let _ = state;
+        Err(StateError::Unsupported(self.device_type()))
+    }
+}
+
+/// Where a device's workers left one queue: the ring positions (the transport keeps the
+/// ring addresses and sizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueProgress {
+    pub index: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl QueueProgress {
+    pub fn of(index: u16, queue: &Queue) -> Self {
+        use virtio_queue::QueueT;
+        QueueProgress {
+            index,
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+        }
+    }
+}
+
+/// The saved state of one virtio device (its transport's state is saved beside it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceState {
+    /// The virtio device ID, checked on restore.
+    pub device_type: u32,
+    /// The features the driver accepted.
+    pub acked_features: u64,
+    /// The device configuration space as the driver could read it (MAC, CID, capacity, …).
+    pub config: Vec<u8>,
+    /// Queue positions when the device was active; empty otherwise.
+    pub queues: Vec<QueueProgress>,
+}
+
+impl DeviceState {
+    /// Checks that this state belongs to a device of `device_type` offering `offered`.
+    pub fn check(&self, device_type: u32, offered: u64) -> Result<(), StateError> {
+        if self.device_type != device_type {
+            return Err(StateError::WrongType {
+                saved: self.device_type,
+                this: device_type,
+            });
+        }
+        if self.acked_features & !offered != 0 {
+            return Err(StateError::Features {
+                saved: self.acked_features,
+                offered,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("virtio device type {0} cannot be snapshotted")]
+    Unsupported(u32),
+    #[error("saved state is of virtio device type {saved}, the device here is type {this}")]
+    WrongType { saved: u32, this: u32 },
+    #[error("saved features {saved:#x} include some the device does not offer ({offered:#x})")]
+    Features { saved: u64, offered: u64 },
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("the device worker ended abnormally; its queues are lost")]
+    WorkerLost,
+    #[error("cannot restart the device")]
+    Resume(#[source] ActivateError),
 }
 
 /// Reads device configuration bytes at `offset` out of `config`; bytes past its end (or an
@@ -116,5 +207,25 @@ mod tests {
         let mut whole = [0u8; 4];
         read_config_bytes(&cfg, 0, &mut whole);
         assert_eq!(whole, cfg);
+    }
+
+    #[test]
+    fn state_of_another_device_or_with_unoffered_features_is_refused() {
+        let st = DeviceState {
+            device_type: 2,
+            acked_features: 1 << 32 | 1,
+            config: vec![],
+            queues: vec![],
+        };
+        assert!(st.check(2, 1 << 32 | 3).is_ok());
+        let e = st.check(1, 1 << 32 | 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "saved state is of virtio device type 2, the device here is type 1"
+        );
+        assert!(matches!(
+            st.check(2, 1 << 32),
+            Err(StateError::Features { .. })
+        ));
     }
 }

@@ -20,4 +20,7 @@ pub(crate) mod test_util;
 pub mod vsock;
 pub mod worker;
 
-pub use device::{ActivateError, Interrupt, InterruptKind, QueueHandle, VirtioDevice};
+pub use device::{
+    ActivateError, DeviceState, Interrupt, InterruptKind, QueueHandle, QueueProgress, StateError,
+    VirtioDevice,
+};

@@ -1,6 +1,11 @@
 //! The thread a device serves its queues on: it waits (epoll) for queue kicks and for any
 //! extra file descriptors the device watches (timers, sockets), and calls the device's
 //! handler for each, until it is stopped.
+//!
+//! A worker may own state (its queues, say): [`Worker::spawn_with`] hands it to the handler
+//! on every event and gives it back from [`Worker::stop`], which is how a device pauses for a
+//! snapshot. The handler returns before the worker looks for the next event, so once the
+//! thread has stopped, nothing it started is still in flight.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
@@ -17,17 +22,18 @@ pub enum WorkerEvent {
     Fd(usize),
 }
 
-/// A running worker thread; dropping it (or [`Worker::stop`]) stops and joins it.
+/// A running worker thread owning a state `S`; dropping it (or [`Worker::stop`]) stops and
+/// joins it.
 #[derive(Debug)]
-pub struct Worker {
+pub struct Worker<S = ()> {
     stop: EventFd,
-    handle: Option<JoinHandle<()>>,
+    handle: Option<JoinHandle<S>>,
 }
 
 const STOP_TOKEN: u64 = u64::MAX;
 const FD_TOKEN_BASE: u64 = 1 << 32;
 
-impl Worker {
+impl Worker<()> {
     /// Spawns thread `name` watching `kicks` and `extra`, calling `handler` for each event.
     /// The handler runs once with `Kick(i)` for every kick at start, so buffers the driver
     /// queued before activation are served.
@@ -39,6 +45,23 @@ impl Worker {
     ) -> std::io::Result<Self>
     where
         F: FnMut(WorkerEvent) + Send + 'static,
+    {
+        Self::spawn_with(name, kicks, extra, (), move |_, ev| handler(ev))
+    }
+}
+
+impl<S: Send + 'static> Worker<S> {
+    /// Like [`Worker::spawn`], with `state` handed to every call of `handler` and returned by
+    /// [`Worker::stop`].
+    pub fn spawn_with<F>(
+        name: String,
+        kicks: Vec<EventFd>,
+        extra: Vec<RawFd>,
+        state: S,
+        mut handler: F,
+    ) -> std::io::Result<Self>
+    where
+        F: FnMut(&mut S, WorkerEvent) + Send + 'static,
     {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
@@ -59,8 +82,9 @@ impl Worker {
         let stop_clone = stop.try_clone()?;
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             let _stop = stop_clone;
+            let mut state = state;
             for i in 0..kicks.len() {
-                handler(WorkerEvent::Kick(i));
+                handler(&mut state, WorkerEvent::Kick(i));
             }
             let mut events = vec![EpollEvent::default(); kicks.len() + extra.len() + 1];
             loop {
@@ -69,20 +93,20 @@ impl Worker {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         tracing::error!(error = %e, "device worker epoll failed");
-                        return;
+                        return state;
                     }
                 };
                 for ev in &events[..n] {
                     match ev.data() {
-                        STOP_TOKEN => return,
+                        STOP_TOKEN => return state,
                         t if t >= FD_TOKEN_BASE => {
-                            handler(WorkerEvent::Fd((t - FD_TOKEN_BASE) as usize))
+                            handler(&mut state, WorkerEvent::Fd((t - FD_TOKEN_BASE) as usize))
                         }
                         t => {
                             if let Some(k) = kicks.get(t as usize) {
                                 let _ = k.read();
                             }
-                            handler(WorkerEvent::Kick(t as usize));
+                            handler(&mut state, WorkerEvent::Kick(t as usize));
                         }
                     }
                 }
@@ -94,20 +118,20 @@ impl Worker {
         })
     }
 
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+    /// Stops the thread, waits for it and returns its state (`None` if the thread panicked).
+    pub fn stop(mut self) -> Option<S> {
+        self.shutdown()
     }
 }
 
-impl Drop for Worker {
+impl<S> Worker<S> {
+    fn shutdown(&mut self) -> Option<S> {
+        let _ = self.stop.write(1);
+        self.handle.take().and_then(|h| h.join().ok())
+    }
+}
+
+impl<S> Drop for Worker<S> {
     fn drop(&mut self) {
         self.shutdown();
     }
@@ -136,5 +160,27 @@ mod tests {
         kick.write(1).unwrap();
         assert_eq!(rx.recv_timeout(t), Ok(WorkerEvent::Kick(0)));
         w.stop();
+    }
+
+    #[test]
+    fn stop_returns_the_state_the_handler_left() {
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let w = Worker::spawn_with(
+            "t".into(),
+            vec![kick.try_clone().unwrap()],
+            vec![],
+            0u32,
+            move |n, _| {
+                *n += 1;
+                let _ = tx.send(*n);
+            },
+        )
+        .unwrap();
+        let t = std::time::Duration::from_secs(5);
+        assert_eq!(rx.recv_timeout(t), Ok(1));
+        kick.write(1).unwrap();
+        assert_eq!(rx.recv_timeout(t), Ok(2));
+        assert_eq!(w.stop(), Some(2));
     }
 }

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arch::GuestMemoryMmap;
-use virtio::{Interrupt, InterruptKind, QueueHandle, VirtioDevice};
+use serde::{Deserialize, Serialize};
+use virtio::{DeviceState, Interrupt, InterruptKind, QueueHandle, StateError, VirtioDevice};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -53,6 +54,38 @@ pub enum CommonConfigError {
     QueueCount(usize),
     #[error("cannot create a queue notification eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("saved state does not fit this device: {0}")]
+    StateMismatch(String),
+    #[error("the device did not take its restored queues (see the warning above)")]
+    RestoreActivate,
+}
+
+/// The saved registers of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRegs {
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub msix_vector: u16,
+}
+
+/// The saved common configuration and, inside it, the device's own state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommonConfigState {
+    pub device_feature_select: u32,
+    pub driver_feature_select: u32,
+    pub driver_features: u64,
+    pub queue_select: u16,
+    pub status: u8,
+    /// The device was serving its queues (DRIVER_OK and activated).
+    pub active: bool,
+    pub config_msix_vector: u16,
+    pub queues: Vec<QueueRegs>,
+    pub device: DeviceState,
 }
 
 impl CommonConfig {
@@ -353,6 +386,104 @@ impl CommonConfig {
                 false
             }
         }
+    }
+
+    /// Snapshot: pauses the device (see [`VirtioDevice::pause_and_save`]) and saves the
+    /// registers with the device's state. [`CommonConfig::resume`] undoes the pause.
+    pub fn pause_and_save(&mut self) -> Result<CommonConfigState, StateError> {
+        let device = self.device.pause_and_save()?;
+        let queues = self
+            .queues
+            .iter()
+            .zip(&self.vectors.queues)
+            .map(|(q, v)| QueueRegs {
+                size: q.size(),
+                ready: q.ready(),
+                desc_table: q.desc_table(),
+                avail_ring: q.avail_ring(),
+                used_ring: q.used_ring(),
+                msix_vector: v.load(Ordering::Acquire),
+            })
+            .collect();
+        Ok(CommonConfigState {
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            status: self.status(),
+            active: self.active,
+            config_msix_vector: self.vectors.config.load(Ordering::Acquire),
+            queues,
+            device,
+        })
+    }
+
+    /// Lets a device paused by [`CommonConfig::pause_and_save`] serve its queues again.
+    pub fn resume(&mut self) -> Result<(), StateError> {
+        self.device.resume()
+    }
+
+    /// Restore into a freshly built transport: registers, the device's state, and, for a
+    /// device that was active, its queues handed over again at the saved ring positions.
+    /// Everything in `st` is checked against this device first; a mismatch is an error.
+    pub fn restore_state(&mut self, st: &CommonConfigState) -> Result<(), CommonConfigError> {
+        let mismatch = |m: String| Err(CommonConfigError::StateMismatch(m));
+        if st.queues.len() != self.queues.len() {
+            return mismatch(format!(
+                "{} queues saved, the device has {}",
+                st.queues.len(),
+                self.queues.len()
+            ));
+        }
+        if st.driver_features & !self.device.features() != 0 {
+            return mismatch(format!(
+                "saved driver features {:#x} are not all offered ({:#x})",
+                st.driver_features,
+                self.device.features()
+            ));
+        }
+        for (index, (q, saved)) in self.queues.iter_mut().zip(&st.queues).enumerate() {
+            q.set_size(saved.size);
+            if q.size() != saved.size {
+                return mismatch(format!("queue {index}: invalid size {}", saved.size));
+            }
+            let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+            let (lo, hi) = split(saved.desc_table);
+            q.set_desc_table_address(lo, hi);
+            let (lo, hi) = split(saved.avail_ring);
+            q.set_avail_ring_address(lo, hi);
+            let (lo, hi) = split(saved.used_ring);
+            q.set_used_ring_address(lo, hi);
+            q.set_ready(saved.ready);
+        }
+        for (slot, saved) in self.vectors.queues.iter().zip(&st.queues) {
+            slot.store(self.check_vector(saved.msix_vector), Ordering::Release);
+        }
+        self.vectors
+            .config
+            .store(self.check_vector(st.config_msix_vector), Ordering::Release);
+        self.device_feature_select = st.device_feature_select;
+        self.driver_feature_select = st.driver_feature_select;
+        self.driver_features = st.driver_features;
+        self.queue_select = st.queue_select;
+        self.device.restore_state(&st.device)?;
+        self.status = st.status;
+        let needs_reset = st.status & STATUS_NEEDS_RESET != 0;
+        self.needs_reset.store(needs_reset, Ordering::Release);
+        // A device that needed a reset stays stopped until the driver resets it.
+        if st.active && !needs_reset {
+            for p in &st.device.queues {
+                let Some(q) = self.queues.get_mut(usize::from(p.index)) else {
+                    return mismatch(format!("saved progress of queue {} it lacks", p.index));
+                };
+                q.set_next_avail(p.next_avail);
+                q.set_next_used(p.next_used);
+            }
+            if !self.activate() {
+                return Err(CommonConfigError::RestoreActivate);
+            }
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {

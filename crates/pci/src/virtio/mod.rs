@@ -23,12 +23,14 @@ use devices::BusDevice;
 use virtio::VirtioDevice;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use common_config::{CommonConfig, CommonConfigError, STATUS_NEEDS_RESET};
+pub use common_config::{
+    CommonConfig, CommonConfigError, CommonConfigState, QueueRegs, STATUS_NEEDS_RESET,
+};
 pub use interrupt::{Vectors, VirtioInterrupt, NO_VECTOR};
 
 use crate::bus::PciDevice;
 use crate::config::{ConfigError, PciConfiguration, PciHeader, NUM_REGS};
-use crate::msix::{MsiSink, Msix};
+use crate::msix::{MsiSink, Msix, MsixState, MsixStateError};
 
 pub const VIRTIO_VENDOR_ID: u16 = 0x1af4;
 /// Modern devices are 0x1040 + the virtio device type.
@@ -60,6 +62,21 @@ pub enum VirtioPciError {
     Common(#[from] CommonConfigError),
     #[error("device has {0} queues; virtio-pci here supports at most {MAX_QUEUES}")]
     TooManyQueues(usize),
+    #[error(transparent)]
+    Msix(#[from] MsixStateError),
+    #[error(transparent)]
+    State(#[from] virtio::StateError),
+}
+
+/// The saved state of one virtio-pci function: configuration space (command register,
+/// BAR, MSI-X control), the MSI-X table and PBA, the ISR, and the common configuration
+/// with the device's own state inside.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VirtioPciState {
+    pub config: Vec<u32>,
+    pub msix: MsixState,
+    pub isr: u8,
+    pub common: CommonConfigState,
 }
 
 /// PCI class code for a virtio device type (storage and network get their real classes).
@@ -196,6 +213,35 @@ impl VirtioPciDevice {
             .iter()
             .enumerate()
             .map(move |(i, e)| (base + i as u64 * u64::from(NOTIFY_MULTIPLIER), e))
+    }
+
+    /// Snapshot, step 1: stops the device's workers (no request stays in flight, nothing
+    /// writes guest memory) and saves the function. Follow with [`Self::resume`].
+    pub fn pause_and_save(&mut self) -> Result<VirtioPciState, VirtioPciError> {
+        let common = self.common.pause_and_save()?;
+        Ok(VirtioPciState {
+            config: self.config.save_state(),
+            msix: self.msix.save_state(),
+            isr: self.isr.load(Ordering::Acquire),
+            common,
+        })
+    }
+
+    /// Snapshot, step 2: the device serves its queues again.
+    pub fn resume(&mut self) -> Result<(), VirtioPciError> {
+        Ok(self.common.resume()?)
+    }
+
+    /// Restores a function built from the same configuration as the saved one: its
+    /// configuration space, MSI-X (rebuilding the GSI routes from the table), and the device,
+    /// re-activated at its saved queue positions. The ioeventfds and irqfds are this
+    /// transport's own, registered when it was plugged in.
+    pub fn restore_state(&mut self, st: &VirtioPciState) -> Result<(), VirtioPciError> {
+        self.config.restore_state(&st.config)?;
+        self.msix.restore_state(&st.msix)?;
+        self.isr.store(st.isr, Ordering::Release);
+        self.common.restore_state(&st.common)?;
+        Ok(())
     }
 
     /// The virtio device status register as the driver reads it, DEVICE_NEEDS_RESET included

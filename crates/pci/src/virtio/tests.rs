@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use arch::GuestMemoryMmap;
 use devices::BusDevice;
-use virtio::{ActivateError, Interrupt, QueueHandle, VirtioDevice};
+use virtio::{
+    ActivateError, DeviceState, Interrupt, QueueHandle, QueueProgress, StateError, VirtioDevice,
+};
 use vm_memory::GuestAddress;
 
 use super::*;
@@ -15,6 +17,9 @@ use crate::msix::tests::Recorder;
 struct Seen {
     acked: u64,
     activated: Vec<u16>,
+    /// Ring positions of the queues handed over at the last activation.
+    progress: Vec<QueueProgress>,
+    paused: bool,
     resets: usize,
     config_writes: Vec<(u64, Vec<u8>)>,
     /// The interrupt of the last activation, as a device worker would hold it.
@@ -61,6 +66,39 @@ impl VirtioDevice for FakeDevice {
         }
         s.interrupt = Some(interrupt);
         s.activated = queues.iter().map(|q| q.index).collect();
+        s.progress = queues
+            .iter()
+            .map(|q| QueueProgress::of(q.index, &q.queue))
+            .collect();
+        Ok(())
+    }
+    fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
+        let mut s = self.seen.lock().unwrap();
+        s.paused = true;
+        // The fake's "worker" consumed three requests on each queue.
+        let queues = s
+            .progress
+            .iter()
+            .map(|p| QueueProgress {
+                next_avail: p.next_avail + 3,
+                next_used: p.next_used + 3,
+                ..*p
+            })
+            .collect();
+        Ok(DeviceState {
+            device_type: 4,
+            acked_features: s.acked,
+            config: vec![7; 4],
+            queues,
+        })
+    }
+    fn resume(&mut self) -> Result<(), StateError> {
+        self.seen.lock().unwrap().paused = false;
+        Ok(())
+    }
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        state.check(4, self.features())?;
+        self.seen.lock().unwrap().acked = state.acked_features;
         Ok(())
     }
     fn reset(&mut self) -> bool {
@@ -376,4 +414,113 @@ fn rng_with_a_corrupt_avail_index_needs_reset() {
     assert_eq!(used_idx, 0, "nothing of the corrupt ring was used");
     set_status(&mut d, 0);
     assert_eq!(status(&mut d), 0);
+}
+
+/// A device the Linux driver set up, with MSI-X enabled and the config vector unmasked.
+fn running_device() -> (VirtioPciDevice, Arc<Mutex<Seen>>, Recorder) {
+    let (mut d, seen, rec) = setup();
+    config_vector_0(&mut d);
+    d.config_write(1, 0, &0x0006u16.to_le_bytes());
+    negotiate(&mut d);
+    setup_queue(&mut d, 1, 0x10000);
+    set_status(&mut d, 0xf);
+    rec.take();
+    (d, seen, rec)
+}
+
+#[test]
+fn snapshot_restores_registers_msix_routes_and_queue_positions() {
+    let (mut d, seen, _) = running_device();
+    let st = d.pause_and_save().unwrap();
+    assert!(seen.lock().unwrap().paused);
+    d.resume().unwrap();
+    assert!(!seen.lock().unwrap().paused);
+    assert!(st.common.active);
+    assert_eq!(st.common.queues[1].size, 8);
+    assert_eq!(st.common.queues[1].msix_vector, 2);
+
+    // A fresh transport (a new VMM process) takes the state.
+    let (mut fresh, fresh_seen, fresh_rec) = setup();
+    fresh.restore_state(&st).unwrap();
+    assert_eq!(
+        fresh_rec.take(),
+        ["route 0 0x30"],
+        "GSI route rebuilt from the table"
+    );
+    assert_eq!(status(&mut fresh), 0xf);
+    assert_eq!(fresh.config_read(1) & 0xffff, 0x0006);
+    assert_eq!(fresh.config_read(d.msix_cap_reg) >> 16 & 0x8000, 0x8000);
+    w16(&mut fresh, 0x16, 1);
+    assert_eq!(r16(&mut fresh, 0x18), 8);
+    assert_eq!(r16(&mut fresh, 0x1a), 2);
+    assert_eq!(r32(&mut fresh, 0x20), 0x10000);
+    let fs = fresh_seen.lock().unwrap();
+    assert_eq!(fs.activated, [1]);
+    assert_eq!(fs.acked, common_config::VIRTIO_F_VERSION_1 | 1);
+    assert_eq!(
+        fs.progress,
+        [QueueProgress {
+            index: 1,
+            next_avail: 3,
+            next_used: 3
+        }],
+        "queues handed over where the worker left them"
+    );
+    drop(fs);
+    // The restored state saves back to itself.
+    let again = fresh.pause_and_save().unwrap();
+    assert_eq!(again.common.queues, st.common.queues);
+    assert_eq!(again.msix, st.msix);
+    assert_eq!(again.config, st.config);
+}
+
+#[test]
+fn corrupt_or_foreign_state_is_an_error_not_a_panic() {
+    let (mut d, _, _) = running_device();
+    let st = d.pause_and_save().unwrap();
+    let restore = |st: &VirtioPciState| {
+        let (mut fresh, _, _) = setup();
+        fresh.restore_state(st).map_err(|e| {
+            // the error line as the CLI prints it: the error and its sources
+            let mut line = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                line = format!("{line}: {s}");
+                src = s.source();
+            }
+            line
+        })
+    };
+    let mut bad = st.clone();
+    bad.common.device.device_type = 1;
+    assert_eq!(
+        restore(&bad).unwrap_err(),
+        "saved state is of virtio device type 1, the device here is type 4"
+    );
+    let mut bad = st.clone();
+    bad.common.queues.pop();
+    assert!(restore(&bad).unwrap_err().contains("1 queues saved"));
+    let mut bad = st.clone();
+    bad.common.queues[1].size = 7;
+    assert!(restore(&bad).unwrap_err().contains("invalid size 7"));
+    let mut bad = st.clone();
+    bad.common.queues[1].desc_table = 0x4000_0000;
+    assert!(restore(&bad)
+        .unwrap_err()
+        .contains("did not take its restored queues"));
+    let mut bad = st.clone();
+    bad.common.device.queues[0].index = 9;
+    assert!(restore(&bad).unwrap_err().contains("queue 9"));
+    let mut bad = st.clone();
+    bad.msix.entries.pop();
+    assert!(restore(&bad).unwrap_err().contains("table entries"));
+    let mut bad = st.clone();
+    bad.config[0] = 0x1041_1af4;
+    assert!(restore(&bad).unwrap_err().contains("configuration space"));
+    let mut bad = st.clone();
+    bad.config.truncate(3);
+    assert!(restore(&bad).is_err());
+    let mut bad = st;
+    bad.common.driver_features = 1 << 40;
+    assert!(restore(&bad).unwrap_err().contains("not all offered"));
 }

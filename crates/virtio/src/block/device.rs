@@ -9,7 +9,9 @@ use super::io::DiskFile;
 use super::request::{MAX_DATA_DESCRIPTORS, MAX_SEGMENTS};
 use super::worker::{QueueServer, RequestGate, Stats, Unlimited};
 use super::{ID_BYTES, TYPE_BLOCK};
-use crate::device::{ActivateError, Interrupt, QueueHandle, VirtioDevice};
+use crate::device::{
+    ActivateError, DeviceState, Interrupt, QueueHandle, QueueProgress, StateError, VirtioDevice,
+};
 use crate::worker::{Worker, WorkerEvent};
 
 const QUEUE_SIZE: u16 = 256;
@@ -54,11 +56,16 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     features: u64,
     acked: u64,
-    worker: Option<Worker>,
+    worker: Option<Worker<Served>>,
+    /// The queue server of a worker paused for a snapshot.
+    paused: Option<Served>,
     /// Where requests are admitted; a rate limiter replaces the default before activation.
     gate_factory: Box<dyn Fn() -> Box<dyn RequestGate> + Send>,
     stats: Arc<Mutex<Stats>>,
 }
+
+/// What the worker owns: the queue server and the interrupt it raises.
+type Served = (QueueServer, Arc<dyn Interrupt>);
 
 fn serial_bytes(s: &str) -> [u8; ID_BYTES] {
     let mut b = [0u8; ID_BYTES];
@@ -114,6 +121,7 @@ impl Block {
             features,
             acked: 0,
             worker: None,
+            paused: None,
             gate_factory: Box::new(|| Box::new(Unlimited)),
             stats: Arc::new(Mutex::new(Stats::default())),
         })
@@ -133,6 +141,28 @@ impl Block {
     /// Request counters of the last activation.
     pub fn stats(&self) -> Stats {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn start(&mut self, served: Served) -> Result<(), ActivateError> {
+        let kick = served.0.kick.try_clone().map_err(ActivateError::Worker)?;
+        let extra: Vec<_> = served.0.gate.wake_fd().into_iter().collect();
+        let stats = Arc::clone(&self.stats);
+        let worker = Worker::spawn_with(
+            format!("{}-blk", self.id),
+            vec![kick],
+            extra,
+            served,
+            move |(server, interrupt), ev| {
+                if let WorkerEvent::Fd(_) = ev {
+                    server.gate.on_wake();
+                }
+                server.serve(interrupt.as_ref());
+                *stats.lock().unwrap_or_else(PoisonError::into_inner) = server.stats;
+            },
+        )
+        .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
     }
 }
 
@@ -175,37 +205,71 @@ impl VirtioDevice for Block {
         let mut queues = queues;
         crate::device::check_queue_count(1, &queues)?;
         let QueueHandle { index, queue, kick } = queues.remove(0);
-        let gate = (self.gate_factory)();
-        let extra: Vec<_> = gate.wake_fd().into_iter().collect();
-        let mut server = QueueServer {
+        let server = QueueServer {
             mem,
             queue,
             index,
+            kick,
             disk: Arc::clone(&self.disk),
             serial: self.serial,
-            gate,
+            gate: (self.gate_factory)(),
             stats: Stats::default(),
             broken: false,
         };
-        let stats = Arc::clone(&self.stats);
-        let worker = Worker::spawn(format!("{}-blk", self.id), vec![kick], extra, move |ev| {
-            if let WorkerEvent::Fd(_) = ev {
-                server.gate.on_wake();
-            }
-            server.serve(interrupt.as_ref());
-            *stats.lock().unwrap_or_else(PoisonError::into_inner) = server.stats;
-        })
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.start((server, interrupt))
     }
 
     fn reset(&mut self) -> bool {
         if let Some(w) = self.worker.take() {
             w.stop();
         }
+        self.paused = None;
         self.acked = 0;
         true
+    }
+
+    fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
+        if let Some(w) = self.worker.take() {
+            self.paused = Some(w.stop().ok_or(StateError::WorkerLost)?);
+        }
+        let queues = self
+            .paused
+            .iter()
+            .map(|(s, _)| QueueProgress::of(s.index, &s.queue))
+            .collect();
+        Ok(DeviceState {
+            device_type: TYPE_BLOCK,
+            acked_features: self.acked,
+            config: self.config.to_vec(),
+            queues,
+        })
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        match self.paused.take() {
+            Some(served) => self.start(served).map_err(StateError::Resume),
+            None => Ok(()),
+        }
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        state.check(TYPE_BLOCK, self.features)?;
+        // The guest sized its block device at probe time: a disk of another size (or one
+        // that became read-only) would be a different device under the same driver.
+        if state.config.get(..8) != Some(&self.config[..8]) {
+            let saved = state
+                .config
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            return Err(StateError::Mismatch(format!(
+                "disk {}: the image has {} sectors, the snapshot's disk had {saved}",
+                self.id,
+                self.disk.sectors()
+            )));
+        }
+        self.acked = state.acked_features;
+        Ok(())
     }
 }
 
@@ -238,6 +302,54 @@ mod tests {
         b.read_config(0, &mut d[..1]);
         assert_eq!(d[0], 16);
         assert!(b.reset());
+    }
+
+    #[test]
+    fn restore_takes_features_and_refuses_a_disk_of_another_size() {
+        let dir = std::env::temp_dir();
+        let small = dir.join(format!("kapsel-blkst-s-{}", std::process::id()));
+        let big = dir.join(format!("kapsel-blkst-b-{}", std::process::id()));
+        std::fs::write(&small, vec![0; 8192]).unwrap();
+        std::fs::write(&big, vec![0; 16384]).unwrap();
+        let open = |path: &std::path::Path, read_only| {
+            Block::new(
+                "vda",
+                &BlockConfig {
+                    path: path.to_path_buf(),
+                    read_only,
+                    serial: "vda".into(),
+                },
+            )
+            .unwrap()
+        };
+        let mut saved_from = open(&small, false);
+        saved_from.ack_features(VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH);
+        let st = saved_from.pause_and_save().unwrap();
+        assert!(st.queues.is_empty(), "an inactive device saves no queues");
+        saved_from.resume().unwrap();
+
+        let mut same = open(&small, false);
+        same.restore_state(&st).unwrap();
+        assert_eq!(same.acked, VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH);
+        let e = open(&big, false).restore_state(&st).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "disk vda: the image has 32 sectors, the snapshot's disk had 16"
+        );
+        let mut with_discard = st.clone();
+        with_discard.acked_features |= VIRTIO_BLK_F_DISCARD;
+        assert!(matches!(
+            open(&small, true).restore_state(&with_discard),
+            Err(StateError::Features { .. })
+        ));
+        let mut short = st;
+        short.config.truncate(4);
+        assert!(matches!(
+            open(&small, false).restore_state(&short),
+            Err(StateError::Mismatch(_))
+        ));
+        std::fs::remove_file(small).unwrap();
+        std::fs::remove_file(big).unwrap();
     }
 
     #[test]

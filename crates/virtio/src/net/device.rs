@@ -16,7 +16,7 @@ use super::{
     format_mac, random_mac, NetConfig, TapSpec, NUM_QUEUES, QUEUE_SIZE, VIRTIO_ID_NET, VNET_HDR_LEN,
 };
 use crate::rate_limiter::{RateLimit, RateLimiter, RateLimiterError};
-use crate::{ActivateError, Interrupt, QueueHandle, VirtioDevice};
+use crate::{ActivateError, DeviceState, Interrupt, QueueHandle, StateError, VirtioDevice};
 
 /// `VIRTIO_NET_S_LINK_UP` in the config space's `status`.
 const LINK_UP: u16 = 1;
@@ -33,7 +33,8 @@ pub enum NetError {
 
 struct Running {
     stop: EventFd,
-    thread: JoinHandle<()>,
+    /// Gives the worker back when stopped.
+    thread: JoinHandle<Worker>,
 }
 
 /// One virtio-net card on a TAP.
@@ -48,6 +49,11 @@ pub struct Net {
     tx_limiter: Arc<RateLimiter>,
     counters: Arc<NetCounters>,
     running: Option<Running>,
+    /// The worker of a card paused for a snapshot.
+    paused: Option<Worker>,
+    /// The MAC came from the configuration (kept on restore) rather than chosen at random
+    /// (the saved one is taken then, so the guest keeps its address).
+    mac_given: bool,
 }
 
 fn bit(b: u32) -> u64 {
@@ -131,6 +137,8 @@ impl Net {
             tx_limiter: Arc::new(RateLimiter::new(config.tx_limit)?),
             counters: Arc::new(NetCounters::default()),
             running: None,
+            paused: None,
+            mac_given: config.mac.is_some(),
         })
     }
 
@@ -154,13 +162,34 @@ impl Net {
         self.tx_limiter.update(tx)
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(running) = self.running.take() {
-            let _ = running.stop.write(1);
-            if running.thread.join().is_err() {
+    /// Stops the worker thread and returns its worker (`None` if none ran or it panicked).
+    fn stop_worker(&mut self) -> Option<Worker> {
+        let running = self.running.take()?;
+        let _ = running.stop.write(1);
+        match running.thread.join() {
+            Ok(worker) => Some(worker),
+            Err(_) => {
                 tracing::error!(tap = %self.name, "virtio-net worker panicked");
+                None
             }
         }
+    }
+
+    fn start(&mut self, mut worker: Worker) -> Result<(), ActivateError> {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let stop_worker = stop.try_clone().map_err(ActivateError::Worker)?;
+        let name = self.name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("net-{}", self.name))
+            .spawn(move || {
+                if let Err(e) = worker.run(&stop_worker) {
+                    tracing::error!(tap = %name, error = %e, "virtio-net worker stopped");
+                }
+                worker
+            })
+            .map_err(ActivateError::Worker)?;
+        self.running = Some(Running { stop, thread });
+        Ok(())
     }
 }
 
@@ -228,30 +257,62 @@ impl VirtioDevice for Net {
             tx_limiter: self.tx_limiter.clone(),
             counters: self.counters.clone(),
         };
-        let worker = Worker::new(parts, rx, tx);
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let stop_worker = stop.try_clone().map_err(ActivateError::Worker)?;
-        let name = self.name.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("net-{}", self.name))
-            .spawn(move || {
-                if let Err(e) = worker.run(&stop_worker) {
-                    tracing::error!(tap = %name, error = %e, "virtio-net worker stopped");
-                }
-            })
-            .map_err(ActivateError::Worker)?;
-        self.running = Some(Running { stop, thread });
+        self.start(Worker::new(parts, rx, tx))?;
         tracing::debug!(tap = %self.name, features = self.acked_features, "virtio-net activated");
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
         self.stop_worker();
+        self.paused = None;
         self.acked_features = 0;
         if let Some(tap) = &self.tap {
             let _ = tap.set_offload(0);
         }
         true
+    }
+
+    fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
+        if self.running.is_some() {
+            self.paused = Some(self.stop_worker().ok_or(StateError::WorkerLost)?);
+        }
+        Ok(DeviceState {
+            device_type: VIRTIO_ID_NET,
+            acked_features: self.acked_features,
+            config: self.config_space.to_vec(),
+            queues: self
+                .paused
+                .as_ref()
+                .map(Worker::progress)
+                .unwrap_or_default(),
+        })
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        match self.paused.take() {
+            Some(w) => self.start(w).map_err(StateError::Resume),
+            None => Ok(()),
+        }
+    }
+
+    /// The TAP was opened anew (by the saved name or an override). A card whose MAC was
+    /// chosen at random keeps the saved MAC; a configured MAC (saved or overridden) stays.
+    /// The driver read the MAC at probe time and keeps using it: a new MAC only shows in
+    /// the configuration space until the guest re-probes the card (e.g. reboots).
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        state.check(VIRTIO_ID_NET, self.avail_features)?;
+        if state.config.len() != CONFIG_LEN {
+            return Err(StateError::Mismatch(format!(
+                "virtio-net {}: saved configuration space is {} bytes, expected {CONFIG_LEN}",
+                self.name,
+                state.config.len()
+            )));
+        }
+        if !self.mac_given {
+            self.config_space[..6].copy_from_slice(&state.config[..6]);
+        }
+        self.acked_features = state.acked_features;
+        Ok(())
     }
 }
 
@@ -382,5 +443,66 @@ mod tests {
         assert!(n.reset());
         n.activate(guest_mem(), Arc::new(NoIrq), handles(2))
             .expect("activate after reset");
+    }
+
+    #[test]
+    fn pause_save_resume_and_restore_round_trip() {
+        let mut n = net();
+        n.ack_features(bit(VIRTIO_F_VERSION_1) | bit(MAC));
+        n.activate(guest_mem(), Arc::new(NoIrq), handles(2))
+            .expect("activate");
+        let st = n.pause_and_save().expect("pause");
+        assert_eq!(st.queues.len(), 2);
+        assert_eq!(st.config[..6], [0x52, 0x54, 0, 1, 2, 3]);
+        n.resume().expect("resume");
+        assert!(n.running.is_some());
+
+        // A card with a random MAC takes the saved one; a configured MAC stays.
+        let mut random = Net::with_io(
+            Arc::new(NullIo),
+            "fake1",
+            &NetConfig {
+                mac: None,
+                ..config()
+            },
+        )
+        .expect("net");
+        random.restore_state(&st).expect("restore");
+        let mut mac = [0u8; 6];
+        random.read_config(0, &mut mac);
+        assert_eq!(mac, [0x52, 0x54, 0, 1, 2, 3]);
+        assert_eq!(random.acked_features, st.acked_features);
+        let mut given = Net::with_io(
+            Arc::new(NullIo),
+            "fake2",
+            &NetConfig {
+                mac: Some([0x52, 0x54, 0, 9, 9, 9]),
+                ..config()
+            },
+        )
+        .expect("net");
+        given.restore_state(&st).expect("restore");
+        given.read_config(0, &mut mac);
+        assert_eq!(mac, [0x52, 0x54, 0, 9, 9, 9]);
+
+        // Corrupt or foreign state is an error, not a panic.
+        let mut bad = st.clone();
+        bad.config.truncate(3);
+        assert!(matches!(
+            given.restore_state(&bad),
+            Err(StateError::Mismatch(_))
+        ));
+        let mut bad = st.clone();
+        bad.device_type = 2;
+        assert!(matches!(
+            given.restore_state(&bad),
+            Err(StateError::WrongType { .. })
+        ));
+        let mut bad = st;
+        bad.acked_features = u64::MAX;
+        assert!(matches!(
+            given.restore_state(&bad),
+            Err(StateError::Features { .. })
+        ));
     }
 }

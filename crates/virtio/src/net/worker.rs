@@ -358,8 +358,18 @@ impl Worker {
         Ok(used)
     }
 
-    /// Serves the queues until `stop` is written. Returns the queues for a later activation.
-    pub fn run(mut self, stop: &EventFd) -> io::Result<()> {
+    /// Where the worker left its queues (RX, then TX).
+    pub fn progress(&self) -> Vec<crate::QueueProgress> {
+        [&self.rx, &self.tx]
+            .iter()
+            .map(|h| crate::QueueProgress::of(h.index, &h.queue))
+            .collect()
+    }
+
+    /// Serves the queues until `stop` is written; the worker can run again afterwards
+    /// (a snapshot pauses it this way). A frame read from the TAP that found no guest
+    /// buffer yet stays in the worker.
+    pub fn run(&mut self, stop: &EventFd) -> io::Result<()> {
         let epoll = Epoll::new()?;
         let add = |fd: RawFd, token: u64, events: EventSet| {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))

@@ -6,7 +6,10 @@ use arch::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
-use crate::device::{ActivateError, Interrupt, InterruptKind, QueueHandle, VirtioDevice};
+use crate::device::{
+    ActivateError, DeviceState, Interrupt, InterruptKind, QueueHandle, QueueProgress, StateError,
+    VirtioDevice,
+};
 use crate::queue_fault::{pop_chain, QueueFault};
 use crate::worker::{Worker, WorkerEvent};
 
@@ -19,7 +22,17 @@ const MAX_CHAIN_BYTES: usize = 64 << 10;
 pub struct Rng {
     id: String,
     acked: u64,
-    worker: Option<Worker>,
+    worker: Option<Worker<RngQueue>>,
+    /// The queue of a worker paused for a snapshot.
+    paused: Option<RngQueue>,
+}
+
+/// What the worker owns.
+struct RngQueue {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+    handle: QueueHandle,
+    broken: bool,
 }
 
 impl Rng {
@@ -28,7 +41,32 @@ impl Rng {
             id: id.to_string(),
             acked: 0,
             worker: None,
+            paused: None,
         }
+    }
+
+    fn start(&mut self, q: RngQueue) -> Result<(), ActivateError> {
+        let kick = q.handle.kick.try_clone().map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn_with(
+            format!("{}-rng", self.id),
+            vec![kick],
+            vec![],
+            q,
+            |q, ev| {
+                if q.broken || !matches!(ev, WorkerEvent::Kick(_)) {
+                    return;
+                }
+                let index = q.handle.index;
+                if let Err(fault) = serve(&q.mem, &mut q.handle.queue, index, q.interrupt.as_ref())
+                {
+                    crate::queue_fault::report("virtio-rng", index, &fault, q.interrupt.as_ref());
+                    q.broken = true;
+                }
+            },
+        )
+        .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
     }
 }
 
@@ -151,32 +189,50 @@ impl VirtioDevice for Rng {
         }
         let mut queues = queues;
         crate::device::check_queue_count(1, &queues)?;
-        let QueueHandle {
-            index,
-            mut queue,
-            kick,
-        } = queues.remove(0);
-        let mut broken = false;
-        let worker = Worker::spawn(format!("{}-rng", self.id), vec![kick], vec![], move |ev| {
-            if broken || !matches!(ev, WorkerEvent::Kick(_)) {
-                return;
-            }
-            if let Err(fault) = serve(&mem, &mut queue, index, interrupt.as_ref()) {
-                crate::queue_fault::report("virtio-rng", index, &fault, interrupt.as_ref());
-                broken = true;
-            }
+        self.start(RngQueue {
+            mem,
+            interrupt,
+            handle: queues.remove(0),
+            broken: false,
         })
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
     }
 
     fn reset(&mut self) -> bool {
         if let Some(w) = self.worker.take() {
             w.stop();
         }
+        self.paused = None;
         self.acked = 0;
         true
+    }
+
+    fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
+        if let Some(w) = self.worker.take() {
+            self.paused = Some(w.stop().ok_or(StateError::WorkerLost)?);
+        }
+        Ok(DeviceState {
+            device_type: TYPE_RNG,
+            acked_features: self.acked,
+            config: Vec::new(),
+            queues: self
+                .paused
+                .iter()
+                .map(|q| QueueProgress::of(q.handle.index, &q.handle.queue))
+                .collect(),
+        })
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        match self.paused.take() {
+            Some(q) => self.start(q).map_err(StateError::Resume),
+            None => Ok(()),
+        }
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        state.check(TYPE_RNG, self.features())?;
+        self.acked = state.acked_features;
+        Ok(())
     }
 }
 
@@ -220,6 +276,46 @@ mod tests {
         let (len, irqs) = run(&[d(0x8000, 512, F_WRITE)]);
         assert_eq!(len, 512);
         assert_eq!(irqs, [InterruptKind::Queue(0)]);
+    }
+
+    #[test]
+    fn pause_saves_where_the_worker_left_the_queue() {
+        use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        vq.add_desc_chains(&[d(0x8000, 64, F_WRITE), d(0x9000, 64, F_WRITE)], 0)
+            .unwrap();
+        let mut rng = Rng::new("rng0");
+        rng.ack_features(VIRTIO_F_VERSION_1);
+        let handle = QueueHandle {
+            index: 0,
+            queue: vq.create_queue().unwrap(),
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+        };
+        rng.activate(mem.clone(), Arc::new(Irqs::default()), vec![handle])
+            .unwrap();
+        // The worker serves both chains at start; wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while vq.used().idx().load() != 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let st = rng.pause_and_save().unwrap();
+        assert_eq!(
+            st.queues,
+            [crate::QueueProgress {
+                index: 0,
+                next_avail: 2,
+                next_used: 2
+            }]
+        );
+        assert_eq!(st.acked_features, VIRTIO_F_VERSION_1);
+        rng.resume().unwrap();
+        let mut fresh = Rng::new("rng1");
+        fresh.restore_state(&st).unwrap();
+        let mut foreign = st;
+        foreign.device_type = 2;
+        assert!(fresh.restore_state(&foreign).is_err());
+        assert!(rng.reset());
     }
 
     #[test]

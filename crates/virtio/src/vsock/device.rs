@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::muxer::Muxer;
 use super::worker::{VsockCounters, Worker, EVT_INDEX, RX_INDEX, TX_INDEX};
 use super::{VsockConfig, MIN_GUEST_CID, NUM_QUEUES, QUEUE_SIZE, VIRTIO_ID_VSOCK};
-use crate::{ActivateError, Interrupt, QueueHandle, VirtioDevice};
+use crate::{ActivateError, DeviceState, Interrupt, QueueHandle, StateError, VirtioDevice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
@@ -33,7 +33,8 @@ pub enum VsockError {
 
 struct Running {
     stop: EventFd,
-    thread: JoinHandle<()>,
+    /// Gives the worker (and its connections) back when stopped.
+    thread: JoinHandle<Worker>,
 }
 
 /// One virtio-vsock device with its host-side UNIX socket.
@@ -44,6 +45,11 @@ pub struct Vsock {
     acked_features: u64,
     counters: Arc<VsockCounters>,
     running: Option<Running>,
+    /// The worker of a device paused for a snapshot.
+    paused: Option<Worker>,
+    /// Restored from a snapshot: the next activation tells the driver its connections are
+    /// gone (transport reset).
+    reset_on_activate: bool,
 }
 
 fn offered_features() -> u64 {
@@ -77,6 +83,8 @@ impl Vsock {
             acked_features: 0,
             counters: Arc::new(VsockCounters::default()),
             running: None,
+            paused: None,
+            reset_on_activate: false,
         })
     }
 
@@ -88,13 +96,33 @@ impl Vsock {
         self.counters.clone()
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(r) = self.running.take() {
-            let _ = r.stop.write(1);
-            if r.thread.join().is_err() {
+    /// Stops the worker thread and returns its worker (`None` if none ran or it panicked).
+    fn stop_worker(&mut self) -> Option<Worker> {
+        let r = self.running.take()?;
+        let _ = r.stop.write(1);
+        match r.thread.join() {
+            Ok(worker) => Some(worker),
+            Err(_) => {
                 tracing::error!("vsock worker panicked");
+                None
             }
         }
+    }
+
+    fn start(&mut self, mut worker: Worker) -> Result<(), ActivateError> {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let stop_worker = stop.try_clone().map_err(ActivateError::Worker)?;
+        let thread = std::thread::Builder::new()
+            .name("vsock".into())
+            .spawn(move || {
+                if let Err(e) = worker.run(&stop_worker) {
+                    tracing::error!(error = %e, "vsock worker stopped");
+                }
+                worker
+            })
+            .map_err(ActivateError::Worker)?;
+        self.running = Some(Running { stop, thread });
+        Ok(())
     }
 }
 
@@ -150,26 +178,59 @@ impl VirtioDevice for Vsock {
         };
         let mux = Muxer::new(self.cid, self.path.clone(), self.listener.clone())
             .map_err(ActivateError::Worker)?;
-        let worker = Worker::new(mem, interrupt, [rx, tx, evt], mux, self.counters.clone());
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let stop_worker = stop.try_clone().map_err(ActivateError::Worker)?;
-        let thread = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || {
-                if let Err(e) = worker.run(&stop_worker) {
-                    tracing::error!(error = %e, "vsock worker stopped");
-                }
-            })
-            .map_err(ActivateError::Worker)?;
-        self.running = Some(Running { stop, thread });
-        Ok(())
+        let mut worker = Worker::new(mem, interrupt, [rx, tx, evt], mux, self.counters.clone());
+        if std::mem::take(&mut self.reset_on_activate) && !worker.send_transport_reset() {
+            tracing::warn!("restored vsock: the driver left no event buffer for the reset");
+        }
+        self.start(worker)
     }
 
     fn reset(&mut self) -> bool {
         // connections die with the worker's muxer; the listener stays
         self.stop_worker();
+        self.paused = None;
         self.acked_features = 0;
         true
+    }
+
+    fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
+        if self.running.is_some() {
+            self.paused = Some(self.stop_worker().ok_or(StateError::WorkerLost)?);
+        }
+        Ok(DeviceState {
+            device_type: VIRTIO_ID_VSOCK,
+            acked_features: self.acked_features,
+            config: self.cid.to_le_bytes().to_vec(),
+            queues: self
+                .paused
+                .as_ref()
+                .map(Worker::progress)
+                .unwrap_or_default(),
+        })
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        match self.paused.take() {
+            Some(w) => self.start(w).map_err(StateError::Resume),
+            None => Ok(()),
+        }
+    }
+
+    /// Host connections do not survive a restore: the device starts without any and, once
+    /// active, sends the driver a transport reset, so the guest drops its side of them and
+    /// re-reads its CID (an overridden CID takes effect there; guest sockets bound to the
+    /// old CID are reset with the rest).
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        state.check(VIRTIO_ID_VSOCK, offered_features())?;
+        if state.config.len() != 8 {
+            return Err(StateError::Mismatch(format!(
+                "vsock: saved configuration space is {} bytes, expected 8",
+                state.config.len()
+            )));
+        }
+        self.acked_features = state.acked_features;
+        self.reset_on_activate = true;
+        Ok(())
     }
 }
 

@@ -213,15 +213,67 @@ impl Worker {
         Ok(used)
     }
 
-    /// Serves the device until `stop` is written.
-    pub fn run(mut self, stop: &EventFd) -> io::Result<()> {
+    /// Where the worker left its queues (RX, TX, event).
+    pub fn progress(&self) -> Vec<crate::QueueProgress> {
+        [&self.rx, &self.tx, &self.evt]
+            .iter()
+            .map(|h| crate::QueueProgress::of(h.index, &h.queue))
+            .collect()
+    }
+
+    /// Tells the driver that every connection is gone (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`
+    /// in the next event buffer): a restored guest drops the connections it had and reads
+    /// its CID again. Returns false when the driver left no event buffer.
+    pub fn send_transport_reset(&mut self) -> bool {
+        /// `struct virtio_vsock_event { le32 id; }` with id 0: transport reset.
+        const TRANSPORT_RESET: [u8; 4] = [0; 4];
+        let Some(chain) = self.evt.queue.pop_descriptor_chain(&self.mem) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let mut written = 0u32;
+        for desc in chain {
+            if desc.is_write_only() && desc.len() >= 4 {
+                if self.mem.write_slice(&TRANSPORT_RESET, desc.addr()).is_ok() {
+                    written = 4;
+                }
+                break;
+            }
+        }
+        if written == 0 {
+            bump(&self.counters.bad_chains);
+        }
+        if self.evt.queue.add_used(&self.mem, head, written).is_err() {
+            bump(&self.counters.bad_chains);
+        }
+        if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(EVT_INDEX)) {
+            tracing::warn!(error = %e, "vsock interrupt failed");
+        }
+        written != 0
+    }
+
+    /// Serves the device until `stop` is written; the worker (and its connections) can run
+    /// again afterwards (a snapshot pauses it this way).
+    pub fn run(&mut self, stop: &EventFd) -> io::Result<()> {
         let fixed = [
             (stop.as_raw_fd(), TOKEN_STOP),
             (self.rx.kick.as_raw_fd(), TOKEN_RX),
             (self.tx.kick.as_raw_fd(), TOKEN_TX),
             (self.evt.kick.as_raw_fd(), TOKEN_EVT),
         ];
+        let result = self.serve(&fixed);
         for (fd, token) in fixed {
+            let _ = self.mux.epoll().ctl(
+                ControlOperation::Delete,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            );
+        }
+        result
+    }
+
+    fn serve(&mut self, fixed: &[(std::os::fd::RawFd, u64); 4]) -> io::Result<()> {
+        for &(fd, token) in fixed {
             self.mux.epoll().ctl(
                 ControlOperation::Add,
                 fd,

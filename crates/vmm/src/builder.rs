@@ -22,6 +22,8 @@ pub struct BuiltVm {
     pub vm: hv::Vm,
     pub memory: GuestMemoryMmap,
     pub devices: DeviceManager,
+    /// PCI bus 0 and the virtio devices on it.
+    pub pci: crate::pci::PciDevices,
     pub vcpus: Vec<Vcpu>,
     /// The MSRs a snapshot saves for each vCPU.
     pub msr_list: Vec<u32>,
@@ -176,6 +178,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
         vm,
         memory,
         devices,
+        pci,
         vcpus,
         msr_list: hv.msr_index_list()?,
         io_limits,
@@ -183,11 +186,18 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
 }
 
 /// Rebuilds a VM from a snapshot directory: memory mapped copy-on-write from its memory file,
-/// devices, vCPUs and in-kernel state as saved. Returns the VM and the saved configuration.
-pub fn restore_vm(dir: &std::path::Path, start: Instant) -> Result<(BuiltVm, VmConfig), VmmError> {
+/// devices, vCPUs and in-kernel state as saved, with `overrides` applied to the saved
+/// configuration (a clone's own TAP, vsock socket, disk). Returns the VM and the
+/// configuration it runs with.
+pub fn restore_vm(
+    dir: &std::path::Path,
+    start: Instant,
+    overrides: &crate::restore_overrides::RestoreOverrides,
+) -> Result<(BuiltVm, VmConfig), VmmError> {
     let hv = Hypervisor::new().map_err(VmmError::Kvm)?;
     let (state, mem_file) = crate::snapshot::read_snapshot(dir)?;
-    let config = state.config;
+    let mut config = state.config;
+    overrides.apply(&mut config)?;
     config.validate(host_memory(), hv.max_vcpus())?;
     if state.vcpus.len() != usize::from(config.cpus) {
         return Err(VmmError::Restore(crate::snapshot::SnapshotError::Vcpu(
@@ -205,6 +215,14 @@ pub fn restore_vm(dir: &std::path::Path, start: Instant) -> Result<(BuiltVm, VmC
     register_guest_memory(&vm, &memory)?;
     let devices =
         DeviceManager::restore(&vm, config.memory, start, config.boot_timer, &state.devices)?;
+    // The same configuration adds the same devices in the same slots, BARs and GSIs.
+    let mut pci = crate::pci::PciDevices::new(
+        &vm,
+        &devices.pio_bus,
+        devices.mmio_bus.clone(),
+        memory.clone(),
+    )?;
+    crate::pci::add_configured_devices(&mut pci, &config)?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (id, saved) in state.vcpus.iter().enumerate() {
         let vcpu = vm.create_vcpu(id as u8)?;
@@ -212,12 +230,15 @@ pub fn restore_vm(dir: &std::path::Path, start: Instant) -> Result<(BuiltVm, VmC
         vcpus.push(vcpu);
     }
     vm.restore_state(&state.vm)?;
+    // Last: re-activated devices may interrupt at once, which must reach restored LAPICs.
+    pci.restore_state(&state.virtio)?;
     tracing::info!(dir = %dir.display(), cpus = config.cpus, "VM restored");
     Ok((
         BuiltVm {
             vm,
             memory,
             devices,
+            pci,
             vcpus,
             msr_list: hv.msr_index_list()?,
             // snapshots hold no virtio devices yet

@@ -65,6 +65,14 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("virtio device {id}")]
+    DeviceState {
+        id: String,
+        #[source]
+        source: pci::VirtioPciError,
+    },
+    #[error(transparent)]
+    Override(#[from] crate::restore_overrides::OverrideError),
     #[error("cannot restore snapshot: {0}")]
     Restore(#[from] crate::snapshot::SnapshotError),
     #[error("signal setup failed")]

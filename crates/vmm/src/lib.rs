@@ -5,6 +5,7 @@
 //! - [`vcpu`]: one thread per vCPU running `KVM_RUN` and dispatching exits to the buses.
 //! - [`devices`]: the legacy device set and the PIO/MMIO buses.
 //! - [`pci`]: PCI bus 0 and the virtio-pci devices (disks from [`disk_config`], entropy).
+//! - [`restore_overrides`]: what `kapsel restore` may change for a clone (TAP, MAC, vsock, disk).
 //! - [`console`]: the host side of the serial console (stdin, raw tty mode).
 //! - [`io_limits`]: the disks' and cards' rate limiters, changed at run time by the API.
 //! - [`run`]: the control loop that waits for the guest's end, signals and vCPU failures.
@@ -22,6 +23,7 @@ pub mod memory;
 pub mod net_config;
 pub mod net_devices;
 pub mod pci;
+pub mod restore_overrides;
 pub mod run;
 pub mod snapshot;
 pub mod state;
@@ -31,4 +33,5 @@ pub mod vm;
 pub use config::{parse_size, VmConfig};
 pub use error::VmmError;
 pub use exit::VmExitReason;
+pub use restore_overrides::RestoreOverrides;
 pub use run::{restore_and_run, run_vm, RunOptions};

@@ -10,7 +10,7 @@ use arch::layout::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_SIZE, PCI_MMIO_START}
 use arch::GuestMemoryMmap;
 use devices::Bus;
 use hv::{IoEventAddress, IrqRouter};
-use pci::virtio::BAR_SIZE;
+use pci::virtio::{VirtioPciState, BAR_SIZE};
 use pci::{
     BarAllocator, HostBridge, KvmMsiSink, PciBus, PciConfigIo, PciConfigMmio, VirtioPciDevice,
     PCI_CONFIG_IO_LEN, PCI_CONFIG_IO_PORT,
@@ -104,6 +104,74 @@ impl PciDevices {
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.devices.iter().map(|(id, _)| id.as_str())
     }
+
+    /// Snapshot, step 1: pauses every virtio device (their workers complete what they hold
+    /// and stop, so guest memory stays still) and saves it with its transport. On an error
+    /// the devices paused so far are resumed. Follow a success with [`Self::resume`].
+    pub fn pause_and_save(&self) -> Result<Vec<VirtioSnapshot>, VmmError> {
+        let mut saved = Vec::with_capacity(self.devices.len());
+        for (id, dev) in &self.devices {
+            match lock(dev).pause_and_save() {
+                Ok(state) => saved.push(VirtioSnapshot {
+                    id: id.clone(),
+                    state,
+                }),
+                Err(e) => {
+                    // this device may be paused too: resume them all
+                    self.resume();
+                    return Err(VmmError::DeviceState {
+                        id: id.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(saved)
+    }
+
+    /// Snapshot, step 2: every device serves its queues again. A device that cannot is
+    /// logged; its driver sees a stalled device.
+    pub fn resume(&self) {
+        for (id, dev) in &self.devices {
+            if let Err(e) = lock(dev).resume() {
+                tracing::error!(id, error = %e, "virtio device did not resume after the snapshot");
+            }
+        }
+    }
+
+    /// Restore: gives each device of this (freshly built) VM its saved state. The snapshot
+    /// must hold the same devices, by id, in the same slots.
+    pub fn restore_state(&self, saved: &[VirtioSnapshot]) -> Result<(), VmmError> {
+        let ids: Vec<&str> = self.ids().collect();
+        let saved_ids: Vec<&str> = saved.iter().map(|s| s.id.as_str()).collect();
+        if ids != saved_ids {
+            return Err(VmmError::Device(format!(
+                "the snapshot's virtio devices [{}] differ from the configured ones [{}]",
+                saved_ids.join(", "),
+                ids.join(", ")
+            )));
+        }
+        for ((id, dev), s) in self.devices.iter().zip(saved) {
+            lock(dev)
+                .restore_state(&s.state)
+                .map_err(|source| VmmError::DeviceState {
+                    id: id.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// One virtio device in a snapshot.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VirtioSnapshot {
+    pub id: String,
+    pub state: VirtioPciState,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Adds the devices the configuration asks for: disks (in order), then the entropy device,

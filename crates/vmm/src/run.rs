@@ -64,14 +64,16 @@ pub fn run_vm(
     drive(config.clone(), built, start, opts, sigfd, None)
 }
 
-/// Restores the VM saved in `dir` in this process and runs it to its end.
+/// Restores the VM saved in `dir` (with `overrides` applied) in this process and runs it to
+/// its end.
 pub fn restore_and_run(
     dir: &Path,
+    overrides: &crate::RestoreOverrides,
     start: Instant,
     opts: &RunOptions,
 ) -> Result<VmExitReason, VmmError> {
     let sigfd = stop_signalfd()?;
-    let (built, config) = restore_vm(dir, start)?;
+    let (built, config) = restore_vm(dir, start, overrides)?;
     drive(config, built, start, opts, sigfd, Some(dir.to_path_buf()))
 }
 

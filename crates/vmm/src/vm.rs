@@ -35,8 +35,8 @@ pub enum VmActionError {
     Snapshot(#[from] SnapshotError),
     #[error("device: {0}")]
     Device(String),
-    #[error("snapshots of VMs with virtio devices ({0}) are not supported yet")]
-    Unsupported(String),
+    #[error(transparent)]
+    DeviceState(VmmError),
 }
 
 impl VmActionError {
@@ -44,7 +44,10 @@ impl VmActionError {
     pub fn status(&self) -> u16 {
         match self {
             VmActionError::State(_) | VmActionError::NotPaused(_) => 409,
-            VmActionError::Unsupported(_) => 409,
+            VmActionError::DeviceState(VmmError::DeviceState {
+                source: pci::VirtioPciError::State(virtio::StateError::Unsupported(_)),
+                ..
+            }) => 409,
             VmActionError::Snapshot(SnapshotError::Exists(_)) => 409,
             VmActionError::Snapshot(SnapshotError::Write { .. }) => 400,
             _ => 500,
@@ -59,6 +62,7 @@ pub struct Vmm {
     vm: hv::Vm,
     memory: GuestMemoryMmap,
     devices: DeviceManager,
+    pci: crate::pci::PciDevices,
     vcpus: Vec<VcpuHandle>,
     stop: Arc<AtomicBool>,
     exit: Arc<ExitSignal>,
@@ -108,6 +112,7 @@ impl Vmm {
             vm: built.vm,
             memory: built.memory,
             devices: built.devices,
+            pci: built.pci,
             vcpus,
             stop,
             exit,
@@ -317,16 +322,34 @@ impl Vmm {
             .map_err(|e| VmActionError::Device(e.to_string()))
     }
 
-    /// Writes a snapshot of the paused VM into `dir`.
+    /// Writes a snapshot of the paused VM into `dir`. The virtio devices pause for it: their
+    /// workers complete the requests they hold and stop, so the snapshot has no I/O in
+    /// flight and guest memory stays still while it is written; they resume afterwards.
     pub fn snapshot(&mut self, dir: &Path) -> Result<SnapshotInfo, VmActionError> {
         if self.state != VmState::Paused {
             return Err(VmActionError::NotPaused(self.state));
         }
-        let virtio = self.virtio_devices();
-        if !virtio.is_empty() {
-            return Err(VmActionError::Unsupported(virtio.join(", ")));
-        }
         let t0 = Instant::now();
+        let virtio = self
+            .pci
+            .pause_and_save()
+            .map_err(VmActionError::DeviceState)?;
+        let result = self.write_snapshot(dir, virtio);
+        self.pci.resume();
+        let written = result?;
+        Ok(SnapshotInfo {
+            path: dir.display().to_string(),
+            state_bytes: written.state_bytes,
+            memory_bytes: written.memory_bytes,
+            duration_ms: t0.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn write_snapshot(
+        &self,
+        dir: &Path,
+        virtio: Vec<crate::pci::VirtioSnapshot>,
+    ) -> Result<crate::snapshot::WrittenSnapshot, VmActionError> {
         let list = self.msr_list.clone();
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for r in self.broadcast(|| VcpuCommand::SaveState(list.clone()))? {
@@ -339,34 +362,10 @@ impl Vmm {
             vm: self.vm.save_state().map_err(SnapshotError::Hv)?,
             vcpus,
             devices: self.devices.save_state(),
+            virtio,
             memory: Default::default(),
         };
-        let written = write_snapshot(dir, state, &self.memory)?;
-        Ok(SnapshotInfo {
-            path: dir.display().to_string(),
-            state_bytes: written.state_bytes,
-            memory_bytes: written.memory_bytes,
-            duration_ms: t0.elapsed().as_millis() as u64,
-        })
-    }
-
-    /// The virtio devices configured, by kind (their state is not captured by snapshots yet).
-    fn virtio_devices(&self) -> Vec<&'static str> {
-        let c = &self.config;
-        let mut v = Vec::new();
-        if !c.disks.is_empty() {
-            v.push("disk");
-        }
-        if !c.nets.is_empty() {
-            v.push("net");
-        }
-        if c.vsock.is_some() {
-            v.push("vsock");
-        }
-        if c.rng {
-            v.push("rng");
-        }
-        v
+        Ok(write_snapshot(dir, state, &self.memory)?)
     }
 
     /// Stops the vCPU threads; the VM is over.

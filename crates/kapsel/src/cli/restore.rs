@@ -1,4 +1,5 @@
-//! `kapsel restore DIR`: resume a snapshotted VM in a new process.
+//! `kapsel restore DIR`: resume a snapshotted VM in a new process, optionally as a clone with
+//! its own TAP, vsock socket and disk (see `vmm::restore_overrides`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,13 +13,30 @@ use super::run::{finish, ControlArgs};
 pub struct RestoreArgs {
     /// Snapshot directory (holding `state` and `memory`).
     pub snapshot: PathBuf,
+    /// Override a network card of the snapshot: `id=net0,tap=NAME|auto[,mac=…][,ip=ADDR/N]`
+    /// (repeatable). The guest keeps using the MAC it read at boot.
+    #[arg(long = "net", value_name = "id=ID,tap=NAME[,mac=…][,ip=…]")]
+    pub nets: Vec<String>,
+    /// Override the vsock device: `socket=PATH[,cid=N]`.
+    #[arg(long, value_name = "socket=PATH[,cid=N]")]
+    pub vsock: Option<String>,
+    /// Override a disk's image: `id=disk0,path=FILE[,format=raw]` (repeatable); same size
+    /// as the snapshot's disk.
+    #[arg(long = "disk", value_name = "id=ID,path=FILE[,format=raw]")]
+    pub disks: Vec<String>,
     #[command(flatten)]
     pub control: ControlArgs,
 }
 
 pub fn run(args: RestoreArgs, start: Instant) -> ExitCode {
+    let overrides =
+        match vmm::RestoreOverrides::parse(&args.nets, args.vsock.as_deref(), &args.disks) {
+            Ok(o) => o,
+            Err(e) => return super::fail(&e, vmm::exit::code::CONFIG_ERROR),
+        };
     finish(vmm::restore_and_run(
         &args.snapshot,
+        &overrides,
         start,
         &args.control.options(),
     ))

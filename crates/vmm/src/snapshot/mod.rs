@@ -33,6 +33,9 @@ pub struct SnapshotState {
     pub vm: hv::VmState,
     pub vcpus: Vec<hv::VcpuState>,
     pub devices: LegacyDevicesState,
+    /// The virtio devices (with their PCI transports), in slot order.
+    #[serde(default)]
+    pub virtio: Vec<crate::pci::VirtioSnapshot>,
     pub memory: MemoryLayout,
 }
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arch::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::io::DiskFile;
 use super::request::{MAX_DATA_DESCRIPTORS, MAX_SEGMENTS};
@@ -64,8 +65,9 @@ pub struct Block {
     stats: Arc<Mutex<Stats>>,
 }
 
-/// What the worker owns: the queue server and the interrupt it raises.
-type Served = (QueueServer, Arc<dyn Interrupt>);
+/// What the worker owns: the queue server, the interrupt it raises and the queue's kick
+/// eventfd (the worker waits on a clone of it).
+type Served = (QueueServer, Arc<dyn Interrupt>, EventFd);
 
 fn serial_bytes(s: &str) -> [u8; ID_BYTES] {
     let mut b = [0u8; ID_BYTES];
@@ -144,7 +146,7 @@ impl Block {
     }
 
     fn start(&mut self, served: Served) -> Result<(), ActivateError> {
-        let kick = served.0.kick.try_clone().map_err(ActivateError::Worker)?;
+        let kick = served.2.try_clone().map_err(ActivateError::Worker)?;
         let extra: Vec<_> = served.0.gate.wake_fd().into_iter().collect();
         let stats = Arc::clone(&self.stats);
         let worker = Worker::spawn_with(
@@ -152,7 +154,7 @@ impl Block {
             vec![kick],
             extra,
             served,
-            move |(server, interrupt), ev| {
+            move |(server, interrupt, _), ev| {
                 if let WorkerEvent::Fd(_) = ev {
                     server.gate.on_wake();
                 }
@@ -209,14 +211,13 @@ impl VirtioDevice for Block {
             mem,
             queue,
             index,
-            kick,
             disk: Arc::clone(&self.disk),
             serial: self.serial,
             gate: (self.gate_factory)(),
             stats: Stats::default(),
             broken: false,
         };
-        self.start((server, interrupt))
+        self.start((server, interrupt, kick))
     }
 
     fn reset(&mut self) -> bool {
@@ -235,7 +236,7 @@ impl VirtioDevice for Block {
         let queues = self
             .paused
             .iter()
-            .map(|(s, _)| QueueProgress::of(s.index, &s.queue))
+            .map(|(s, _, _)| QueueProgress::of(s.index, &s.queue))
             .collect();
         Ok(DeviceState {
             device_type: TYPE_BLOCK,

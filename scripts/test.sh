@@ -51,7 +51,9 @@ if [ "${KAPSEL_FUZZ_SECONDS:-20}" != 0 ]; then
       cargo install cargo-fuzz --locked --quiet || die "cargo install cargo-fuzz"
     fi
     step "fuzz targets, ${KAPSEL_FUZZ_SECONDS:-20} s each (fuzz/README.md)"
-    for t in blk_request virtio_pci_registers; do
+    targets=$(cd fuzz && cargo +nightly fuzz list) || die "cargo fuzz list"
+    [ -n "$targets" ] || die "no fuzz targets in fuzz/Cargo.toml"
+    for t in $targets; do
       (cd fuzz && cargo +nightly fuzz run -O "$t" -- -max_total_time="${KAPSEL_FUZZ_SECONDS:-20}" \
         >/tmp/kapsel-fuzz-$t.log 2>&1) || { tail -30 /tmp/kapsel-fuzz-$t.log; die "fuzz target $t"; }
     done

@@ -116,7 +116,7 @@ fn fill_chain(
 
 /// Serves every available chain; a fault means the driver corrupted the ring and the device
 /// must stop using it.
-pub(crate) fn serve(
+pub fn serve(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
     index: u16,

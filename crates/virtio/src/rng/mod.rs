@@ -5,4 +5,4 @@ mod device;
 #[cfg(test)]
 mod hostile_tests;
 
-pub use device::Rng;
+pub use device::{serve, Rng};

@@ -310,3 +310,68 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::test_util::{mem, RawRing, Recorder, Scenario, BUF};
+
+    const F_WRITE: u16 = 2;
+
+    #[test]
+    fn a_restored_device_tells_the_driver_its_connections_are_gone() {
+        let mem = mem();
+        let dir = std::env::temp_dir().join(format!("kapsel-vsock-reset-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mux = Muxer::new(3, path, Arc::new(listener)).unwrap();
+        let rings = [
+            RawRing::new(&mem, 0),
+            RawRing::new(&mem, 0x1_0000),
+            RawRing::new(&mem, 0x2_0000),
+        ];
+        // the driver's event buffer: 4 writable bytes, pre-filled with garbage
+        mem.write_obj(0xffff_ffffu32, GuestAddress(BUF)).unwrap();
+        rings[2].load(&Scenario {
+            name: "event buffer",
+            descs: vec![(BUF, 4, F_WRITE, 0)],
+            heads: vec![0],
+        });
+        let handle = |i: usize| QueueHandle {
+            index: i as u16,
+            queue: rings[i].queue(),
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+        };
+        let irq = Arc::new(Recorder::default());
+        let mut w = Worker::new(
+            mem.clone(),
+            irq.clone(),
+            [handle(0), handle(1), handle(2)],
+            mux,
+            Arc::new(VsockCounters::default()),
+        );
+        assert!(w.send_transport_reset());
+        assert_eq!(rings[2].used(), [(0, 4)]);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(BUF)).unwrap(),
+            0,
+            "TRANSPORT_RESET"
+        );
+        assert_eq!(
+            *irq.kinds.lock().unwrap(),
+            [InterruptKind::Queue(EVT_INDEX)]
+        );
+        let progress = w.progress();
+        assert_eq!(progress[2].next_used, 1);
+        // no buffer left: reported, nothing written
+        assert!(!w.send_transport_reset());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -222,7 +222,7 @@ pub fn restore_vm(
         devices.mmio_bus.clone(),
         memory.clone(),
     )?;
-    crate::pci::add_configured_devices(&mut pci, &config)?;
+    let io_limits = crate::pci::add_configured_devices(&mut pci, &config)?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (id, saved) in state.vcpus.iter().enumerate() {
         let vcpu = vm.create_vcpu(id as u8)?;
@@ -241,8 +241,7 @@ pub fn restore_vm(
             pci,
             vcpus,
             msr_list: hv.msr_index_list()?,
-            // snapshots hold no virtio devices yet
-            io_limits: crate::io_limits::IoLimits::default(),
+            io_limits,
         },
         config,
     ))

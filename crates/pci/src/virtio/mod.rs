@@ -11,6 +11,8 @@
 //! ```
 
 mod common_config;
+#[cfg(test)]
+mod hostile_tests;
 mod interrupt;
 #[cfg(test)]
 mod tests;

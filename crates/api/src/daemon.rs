@@ -12,6 +12,7 @@
 //! - `GET /v1/networks`, `POST /v1/networks` [`CreateNetwork`], `DELETE /v1/networks/{name}`
 //! - `GET|POST /v1/instances/{name}/snapshots` ([`CreateSnapshot`]) → [`Snapshot`]s;
 //!   `DELETE /v1/instances/{name}/snapshots/{snapshot}`
+//! - `POST /v1/instances/{name}/exec` [`ExecRequest`] → [`ExecResult`] (containers)
 //! - `GET /v1/events` (`?follow=true` streams newline-delimited [`Event`]s)
 //! - `GET /metrics` (Prometheus text format)
 
@@ -44,6 +45,33 @@ impl RestartPolicy {
             "no" => Some(RestartPolicy::No),
             "on-failure" => Some(RestartPolicy::OnFailure),
             "always" => Some(RestartPolicy::Always),
+            _ => None,
+        }
+    }
+}
+
+/// What an instance is: a VM (its own VMM process) or a container (its own monitor
+/// process holding the container's pty). An image's kind decides its instances' kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceKind {
+    #[default]
+    Vm,
+    Container,
+}
+
+impl InstanceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceKind::Vm => "vm",
+            InstanceKind::Container => "container",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "vm" => Some(InstanceKind::Vm),
+            "container" => Some(InstanceKind::Container),
             _ => None,
         }
     }
@@ -113,9 +141,15 @@ pub struct InstanceConfig {
     /// Memory limit of the whole VMM process in MiB (default: guest memory + overhead).
     #[serde(default)]
     pub memory_limit_mib: Option<u64>,
-    /// Networks the instance has a NIC on.
+    /// Networks the instance has a NIC on (a container has at most one).
     #[serde(default)]
     pub networks: Vec<String>,
+    /// Containers: the command to run (default `/bin/sh` on the container's console).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Containers: the most tasks (processes and threads) the container may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
 }
 
 /// One guest: its configuration and what the daemon knows of its process.
@@ -124,6 +158,9 @@ pub struct InstanceConfig {
 pub struct Instance {
     pub name: String,
     pub image: String,
+    /// `vm` or `container` (from the image).
+    #[serde(default)]
+    pub kind: InstanceKind,
     pub status: InstanceStatus,
     pub config: InstanceConfig,
     /// The VMM process while one runs.
@@ -138,6 +175,9 @@ pub struct Instance {
     pub console: Option<String>,
     /// The instance's root disk in the storage pool, if the image has one.
     pub disk: Option<String>,
+    /// Containers on a network: the IPv4 address the daemon assigned (with prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// `POST /v1/instances`.
@@ -166,6 +206,15 @@ pub struct CreateInstance {
     pub memory_limit_mib: Option<u64>,
     #[serde(default)]
     pub networks: Vec<String>,
+    /// Asks for this kind; an image of the other kind is refused (`launch --container`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<InstanceKind>,
+    /// Containers: the command to run (default `/bin/sh`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Containers: the most tasks the container may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
     /// Start it right away (`launch`), or only create it (`init`).
     #[serde(default = "default_true")]
     pub start: bool,
@@ -195,6 +244,8 @@ impl CreateInstance {
             cpuset: self.cpuset.clone(),
             memory_limit_mib: self.memory_limit_mib,
             networks: self.networks.clone(),
+            command: self.command.clone(),
+            pids_limit: self.pids_limit,
         }
     }
 }
@@ -227,6 +278,9 @@ pub struct InstanceUpdate {
     /// 0 goes back to the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_mib: Option<u64>,
+    /// Containers: 0 clears the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
 }
 
 /// `POST /v1/instances/{name}/stop`.
@@ -263,12 +317,19 @@ pub struct CreateSnapshot {
     pub name: String,
 }
 
-/// A bootable image in the storage pool.
+/// An image in the storage pool: a bootable VM image (kernel, initrd, disk) or a
+/// container image (a root filesystem directory, `kernel` empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
     pub name: String,
+    /// `vm` or `container`.
+    #[serde(default)]
+    pub kind: InstanceKind,
     pub kernel: String,
+    /// Container images: the root filesystem directory in the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
     pub initrd: Option<String>,
     pub disk: Option<String>,
     /// The image's base kernel command line.
@@ -277,18 +338,46 @@ pub struct Image {
     pub created_at: i64,
 }
 
-/// `POST /v1/images`: files on the daemon's host, copied into the pool.
+/// `POST /v1/images`: files on the daemon's host, copied into the pool. Either `kernel`
+/// (a VM image) or `rootfs` (a container image: a directory or a tarball) is given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportImage {
     pub name: String,
+    #[serde(default)]
     pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
     #[serde(default)]
     pub initrd: Option<String>,
     #[serde(default)]
     pub disk: Option<String>,
     #[serde(default)]
     pub cmdline: Option<String>,
+}
+
+/// `POST /v1/instances/{name}/exec`: runs a command in a running container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    /// Run it on a new pty (output and errors then arrive together in `stdout`).
+    #[serde(default)]
+    pub tty: bool,
+    /// Kill it after this many seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// What an exec produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecResult {
+    /// The exit code, 128 + signal number when killed.
+    pub exit_code: i32,
+    /// Output (lossy UTF-8, at most 1 MiB each).
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// A managed bridge network with DHCP/DNS and NAT.

@@ -4,8 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 
 use api::daemon::{
-    CopyRequest, CreateInstance, CreateNetwork, CreateSnapshot, Event, HostInfo, Image,
-    ImportImage, Instance, InstanceUpdate, Network, Snapshot, StopRequest,
+    CopyRequest, CreateInstance, CreateNetwork, CreateSnapshot, Event, ExecRequest, ExecResult,
+    HostInfo, Image, ImportImage, Instance, InstanceUpdate, Network, Snapshot, StopRequest,
 };
 
 use crate::{ClientError, Endpoint};
@@ -101,6 +101,13 @@ impl DaemonClient {
             new_name: new_name.to_string(),
         };
         self.endpoint.request("POST", &path, Some(&req))
+    }
+
+    /// Runs a command in a running container (give the endpoint a timeout longer than the
+    /// command's).
+    pub fn exec(&self, n: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
+        let path = format!("/v1/instances/{}/exec", name(n)?);
+        self.endpoint.request("POST", &path, Some(req))
     }
 
     pub fn snapshots(&self, n: &str) -> Result<Vec<Snapshot>, ClientError> {

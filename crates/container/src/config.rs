@@ -112,6 +112,10 @@ pub enum SeccompPolicy {
 pub struct ContainerConfig {
     pub id: String,
     pub rootfs: RootfsSource,
+    /// With an overlay root: keep the writable layer in `<dir>/upper` (and overlayfs's
+    /// `<dir>/work`) instead of the state directory, so it outlives the container (the
+    /// daemon's containers keep their files across stop and start).
+    pub overlay_upper: Option<PathBuf>,
     pub rootfs_readonly: bool,
     pub hostname: Option<String>,
     pub process: ProcessConfig,
@@ -229,6 +233,7 @@ impl ContainerConfig {
         ContainerConfig {
             id: id.into(),
             rootfs,
+            overlay_upper: None,
             rootfs_readonly: false,
             hostname: Some(id.into()),
             process: ProcessConfig::new(args),

@@ -188,6 +188,7 @@ impl Container {
             bundle: cfg.bundle.clone(),
             rootfs,
             overlay: overlay.is_some(),
+            upper: cfg.overlay_upper.as_ref().map(|u| u.join("upper")),
             cgroups_path: cfg.cgroups_path.clone(),
             created: now_secs(),
             paused: false,
@@ -430,7 +431,12 @@ impl Container {
 
     /// The writable upper directory of an overlay root (what a snapshot copies).
     pub fn upper_dir(&self) -> Option<PathBuf> {
-        self.state.overlay.then(|| self.dir.join("upper"))
+        self.state.overlay.then(|| {
+            self.state
+                .upper
+                .clone()
+                .unwrap_or_else(|| self.dir.join("upper"))
+        })
     }
 
     /// Copies the writable upper directory of an overlay root to `dest` (a new directory),
@@ -638,11 +644,17 @@ fn prepare_rootfs(
                     .map_err(ContainerError::io(format!("image {}", l.display())))?;
                 lower.push(l.display().to_string());
             }
-            let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
+            let layer = cfg.overlay_upper.as_deref().unwrap_or(dir);
+            let (upper, work, merged) =
+                (layer.join("upper"), layer.join("work"), dir.join("rootfs"));
             let root_ids = mapped_root(cfg);
             for d in [&upper, &work, &merged] {
-                std::fs::create_dir(d)
-                    .map_err(ContainerError::io(format!("mkdir {}", d.display())))?;
+                let made = if cfg.overlay_upper.is_some() {
+                    std::fs::create_dir_all(d)
+                } else {
+                    std::fs::create_dir(d)
+                };
+                made.map_err(ContainerError::io(format!("mkdir {}", d.display())))?;
                 if let Some((uid, gid)) = root_ids {
                     std::os::unix::fs::chown(d, Some(uid), Some(gid))
                         .map_err(ContainerError::io(format!("chown {}", d.display())))?;

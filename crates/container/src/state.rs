@@ -67,6 +67,9 @@ pub struct StateFile {
     pub rootfs: PathBuf,
     /// Whether `rootfs` is an overlay over image layers (upper dir in the state dir).
     pub overlay: bool,
+    /// The upper directory when it lives outside the state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
     pub cgroups_path: String,
     /// Seconds since the epoch.
     pub created: u64,
@@ -173,6 +176,7 @@ mod tests {
             bundle: Some("/b".into()),
             rootfs: "/b/rootfs".into(),
             overlay: false,
+            upper: None,
             cgroups_path: "/kapsel/a".into(),
             created: 1,
             paused: false,

@@ -74,6 +74,22 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Writes `res` to the guest's group (a container's live limits).
+    pub fn apply(&self, name: &str, res: &Resources) -> Result<()> {
+        if let Some(m) = self.manager(name)? {
+            m.apply(res)?;
+        }
+        Ok(())
+    }
+
+    /// Freezes or thaws every process of the guest's group (containers' pause/resume).
+    pub fn set_frozen(&self, name: &str, frozen: bool) -> Result<()> {
+        if let Some(m) = self.manager(name)? {
+            m.set_frozen(frozen)?;
+        }
+        Ok(())
+    }
+
     /// CPU time and memory of the guest's group.
     pub fn stats(&self, name: &str) -> Option<Stats> {
         self.manager(name).ok().flatten()?.stats().ok()
@@ -113,6 +129,19 @@ pub fn resources(c: &InstanceConfig, host_cpus: usize) -> Resources {
     }
 }
 
+/// The cgroup limits of a container: memory is the limit itself (no VMM overhead), `cpus`
+/// caps it at that many host CPUs unless a cap is set, and the pids limit applies.
+pub fn container_resources(c: &InstanceConfig, host_cpus: usize) -> Resources {
+    let mut r = resources(c, host_cpus);
+    let limit_mib = c.memory_limit_mib.unwrap_or(c.memory_mib);
+    r.memory_limit = Some((limit_mib << 20) as i64);
+    if c.cpu_cap_percent.is_none() && usize::from(c.cpus) < host_cpus {
+        r.cpu_quota = Some((u64::from(c.cpus) * PERIOD_US) as i64);
+    }
+    r.pids_limit = Some(c.pids_limit.map_or(-1, |p| p.min(i64::MAX as u64) as i64));
+    r
+}
+
 /// v2 `cpu.weight` (1..=10000, 100 default) to v1 `cpu.shares` (1024 default).
 pub fn weight_to_shares(weight: u64) -> u64 {
     (weight * 1024 / 100).clamp(2, 262_144)
@@ -134,6 +163,8 @@ mod tests {
             cpuset: None,
             memory_limit_mib: None,
             networks: Vec::new(),
+            command: Vec::new(),
+            pids_limit: None,
         }
     }
 
@@ -144,6 +175,20 @@ mod tests {
         assert_eq!(r.cpu_quota, Some(-1));
         assert_eq!(r.memory_limit, Some((192i64) << 20));
         assert_eq!(r.cpuset_cpus.as_deref(), Some("0-1"));
+    }
+
+    #[test]
+    fn container_limits() {
+        let mut c = config();
+        c.pids_limit = Some(32);
+        let r = container_resources(&c, 2);
+        assert_eq!(r.memory_limit, Some(64i64 << 20));
+        assert_eq!(r.cpu_quota, Some(100_000));
+        assert_eq!(r.pids_limit, Some(32));
+        c.pids_limit = None;
+        c.cpus = 2;
+        let r = container_resources(&c, 2);
+        assert_eq!((r.cpu_quota, r.pids_limit), (Some(-1), Some(-1)));
     }
 
     #[test]

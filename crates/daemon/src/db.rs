@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use api::daemon::{Event, Image, Instance, InstanceConfig, InstanceStatus, Network, RestartPolicy};
+use api::daemon::{
+    Event, Image, Instance, InstanceConfig, InstanceKind, InstanceStatus, Network, RestartPolicy,
+};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::{DaemonError, Result};
@@ -12,6 +14,14 @@ use crate::error::{DaemonError, Result};
 const SCHEMA_VERSION: i64 = 1;
 /// Events kept in the table; older ones are dropped.
 const MAX_EVENTS: i64 = 10_000;
+
+/// Columns added after schema 1 shipped (table, column, declaration): added in place to an
+/// older database, so the schema version stays and older daemons still read it.
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("instances", "kind", "TEXT NOT NULL DEFAULT 'vm'"),
+    ("instances", "address", "TEXT"),
+    ("images", "rootfs", "TEXT"),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS instances (
@@ -24,7 +34,9 @@ CREATE TABLE IF NOT EXISTS instances (
     restarts INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     last_exit TEXT,
-    disk TEXT
+    disk TEXT,
+    kind TEXT NOT NULL DEFAULT 'vm',
+    address TEXT
 );
 CREATE TABLE IF NOT EXISTS images (
     name TEXT PRIMARY KEY,
@@ -33,7 +45,8 @@ CREATE TABLE IF NOT EXISTS images (
     disk TEXT,
     cmdline TEXT NOT NULL,
     size_bytes INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    rootfs TEXT
 );
 CREATE TABLE IF NOT EXISTS networks (
     name TEXT PRIMARY KEY,
@@ -98,6 +111,8 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<(Instance, Option<Stored
         serde_json::from_str(&config_text).map_err(|e| bad(format!("config: {e}")))?;
     let status = InstanceStatus::parse(&status_text)
         .ok_or_else(|| bad(format!("status {status_text:?}")))?;
+    let kind_text: String = row.get("kind")?;
+    let kind = InstanceKind::parse(&kind_text).ok_or_else(|| bad(format!("kind {kind_text:?}")))?;
     let process = match (pid, pid_start) {
         (Some(pid), Some(start)) => Some(StoredProcess {
             pid,
@@ -109,6 +124,7 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<(Instance, Option<Stored
         Instance {
             name: row.get("name")?,
             image: row.get("image")?,
+            kind,
             status,
             config,
             pid,
@@ -117,15 +133,23 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<(Instance, Option<Stored
             last_exit: row.get("last_exit")?,
             console: None,
             disk: row.get("disk")?,
+            address: row.get("address")?,
         },
         process,
     ))
 }
 
 fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
+    let rootfs: Option<String> = row.get("rootfs")?;
     Ok(Image {
         name: row.get("name")?,
+        kind: if rootfs.is_some() {
+            InstanceKind::Container
+        } else {
+            InstanceKind::Vm
+        },
         kernel: row.get("kernel")?,
+        rootfs,
         initrd: row.get("initrd")?,
         disk: row.get("disk")?,
         cmdline: row.get("cmdline")?,
@@ -163,6 +187,16 @@ impl Db {
             )));
         }
         conn.execute_batch(SCHEMA)?;
+        for (table, column, decl) in ADDED_COLUMNS {
+            let present: bool = conn.query_row(
+                &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+            }
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Db { conn })
     }
@@ -174,15 +208,18 @@ impl Db {
         let config =
             serde_json::to_string(&inst.config).map_err(|e| DaemonError::Corrupt(e.to_string()))?;
         let r = self.conn.execute(
-            "INSERT INTO instances (name, image, config, status, restarts, created_at, disk)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)",
+            "INSERT INTO instances (name, image, config, status, restarts, created_at, disk,
+                kind, address)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8)",
             params![
                 inst.name,
                 inst.image,
                 config,
                 inst.status.as_str(),
                 inst.created_at,
-                inst.disk
+                inst.disk,
+                inst.kind.as_str(),
+                inst.address
             ],
         );
         match r {
@@ -292,8 +329,9 @@ impl Db {
 
     pub fn insert_image(&mut self, img: &Image) -> Result<()> {
         let r = self.conn.execute(
-            "INSERT INTO images (name, kernel, initrd, disk, cmdline, size_bytes, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO images (name, kernel, initrd, disk, cmdline, size_bytes, created_at,
+                rootfs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 img.name,
                 img.kernel,
@@ -301,7 +339,8 @@ impl Db {
                 img.disk,
                 img.cmdline,
                 img.size_bytes as i64,
-                img.created_at
+                img.created_at,
+                img.rootfs
             ],
         );
         match r {
@@ -491,6 +530,7 @@ mod tests {
         Instance {
             name: name.into(),
             image: "img".into(),
+            kind: Default::default(),
             status: InstanceStatus::Stopped,
             config: InstanceConfig {
                 cpus: 1,
@@ -503,6 +543,8 @@ mod tests {
                 cpuset: None,
                 memory_limit_mib: None,
                 networks: Vec::new(),
+                command: Vec::new(),
+                pids_limit: None,
             },
             pid: None,
             restarts: 0,
@@ -510,6 +552,7 @@ mod tests {
             last_exit: None,
             console: None,
             disk: None,
+            address: None,
         }
     }
 
@@ -550,7 +593,9 @@ mod tests {
         let mut db = Db::open_in_memory().unwrap();
         let img = Image {
             name: "img".into(),
+            kind: Default::default(),
             kernel: "/k".into(),
+            rootfs: None,
             initrd: None,
             disk: None,
             cmdline: String::new(),

@@ -36,6 +36,8 @@ pub enum DaemonError {
     Vmm(String),
     #[error("network setup failed: {0}")]
     Network(String),
+    #[error("container")]
+    Container(#[from] container::ContainerError),
 }
 
 impl DaemonError {
@@ -48,6 +50,7 @@ impl DaemonError {
             DaemonError::MethodNotAllowed(_) => 405,
             DaemonError::NotSupported(_) => 501,
             DaemonError::StartFailed(_) => 422,
+            DaemonError::Container(container::ContainerError::WrongState { .. }) => 409,
             _ => 500,
         }
     }

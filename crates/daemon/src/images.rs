@@ -51,7 +51,21 @@ fn source(what: &str, path: &str) -> Result<PathBuf> {
 /// Imports an image: checks its files and copies them into the pool.
 pub fn import(d: &Daemon, req: &ImportImage) -> Result<Image> {
     check_name("image", &req.name, MAX_NAME)?;
-    let kernel = source("kernel", &req.kernel)?;
+    let rootfs = req
+        .rootfs
+        .is_some()
+        .then(|| crate::container::image::source(req))
+        .transpose()?;
+    if rootfs.is_none() && req.kernel.is_empty() {
+        return Err(DaemonError::BadRequest(
+            "an image needs kernel (a VM image) or rootfs (a container image)".into(),
+        ));
+    }
+    let kernel = if rootfs.is_some() {
+        PathBuf::new()
+    } else {
+        source("kernel", &req.kernel)?
+    };
     let initrd = req
         .initrd
         .as_deref()
@@ -76,6 +90,9 @@ pub fn import(d: &Daemon, req: &ImportImage) -> Result<Image> {
     let tmp = dir.with_extension(format!("importing-{seq}"));
     std::fs::create_dir_all(&tmp).map_err(|e| DaemonError::io("create", &tmp, e))?;
     let result = (|| -> Result<Image> {
+        if let Some(src) = &rootfs {
+            return crate::container::image::build(&req.name, src, &tmp, &dir);
+        }
         let mut size = 0;
         let mut copy = |src: &Path, file: &str| -> Result<String> {
             sparse_copy(src, &tmp.join(file))?;
@@ -87,7 +104,9 @@ pub fn import(d: &Daemon, req: &ImportImage) -> Result<Image> {
         let disk = disk.as_deref().map(|p| copy(p, "disk.raw")).transpose()?;
         Ok(Image {
             name: req.name.clone(),
+            kind: Default::default(),
             kernel,
+            rootfs: None,
             initrd,
             disk,
             cmdline,

@@ -7,8 +7,11 @@
 //! - [`cgroups`]: per-guest cgroups (v1 and v2) through the `sandbox` crate.
 //! - [`network`], [`netsetup`]: bridges, dnsmasq and nftables NAT.
 //! - [`images`]: the storage pool; [`metrics`]: the Prometheus endpoint; [`events`].
+//! - [`container`]: containers as instances (a monitor process per container, exec,
+//!   snapshots of the writable layer, veth networking).
 
 pub mod cgroups;
+pub mod container;
 pub mod db;
 pub mod error;
 pub mod events;

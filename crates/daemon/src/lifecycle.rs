@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::daemon::{Image, Instance, InstanceStatus};
+use api::daemon::{Image, Instance, InstanceKind, InstanceStatus};
 
 use crate::db::StoredProcess;
 use crate::error::{DaemonError, Result};
@@ -69,9 +69,10 @@ pub fn vmm_args(inst: &Instance, image: &Image, console: &Path, api: &Path) -> V
     args
 }
 
-/// Creates the instance's TAPs on the bridges of its networks.
+/// Creates the instance's TAPs on the bridges of its networks (a container's monitor makes
+/// its veth itself).
 fn prepare_nics(d: &Daemon, inst: &Instance) -> Result<()> {
-    if inst.config.networks.is_empty() {
+    if inst.config.networks.is_empty() || inst.kind == InstanceKind::Container {
         return Ok(());
     }
     let nets = d.db().networks()?;
@@ -136,7 +137,16 @@ pub fn start(d: &Daemon, name: &str, reason: StartReason) -> Result<Instance> {
     let mut cmd = Command::new(&cfg.vmm_bin);
     let api = cfg.api_socket(name);
     let _ = std::fs::remove_file(&api);
-    cmd.args(vmm_args(&inst, &image, &console, &api))
+    let container = inst.kind == InstanceKind::Container;
+    let args = match &image.rootfs {
+        Some(rootfs) if container => {
+            // Whatever a killed monitor left behind goes before a new one starts.
+            crate::container::ops::clean_up(d, name);
+            crate::container::ops::monitor_args(d, &inst, rootfs)?
+        }
+        _ => vmm_args(&inst, &image, &console, &api),
+    };
+    cmd.args(args)
         .env("KAPSEL_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log)
@@ -156,7 +166,11 @@ pub fn start(d: &Daemon, name: &str, reason: StartReason) -> Result<Instance> {
     let started = Instant::now();
 
     let setup = (|| -> Result<Proc> {
-        d.cgroups.attach(name, &inst.config, pid)?;
+        // A container's monitor stays out of the instance's group, which holds the
+        // container's processes (the container crate creates and fills it).
+        if !container {
+            d.cgroups.attach(name, &inst.config, pid)?;
+        }
         let start_time = process::start_time(pid).unwrap_or(0);
         let pidfd = process::pidfd_open(pid).map_err(DaemonError::Spawn)?;
         Ok(Proc {
@@ -289,6 +303,7 @@ mod tests {
         let inst = Instance {
             name: "a".into(),
             image: "i".into(),
+            kind: Default::default(),
             status: InstanceStatus::Stopped,
             config: InstanceConfig {
                 cpus: 2,
@@ -301,6 +316,8 @@ mod tests {
                 cpuset: None,
                 memory_limit_mib: None,
                 networks: Vec::new(),
+                command: Vec::new(),
+                pids_limit: None,
             },
             pid: None,
             restarts: 0,
@@ -308,10 +325,13 @@ mod tests {
             last_exit: None,
             console: None,
             disk: None,
+            address: None,
         };
         let image = Image {
             name: "i".into(),
+            kind: Default::default(),
             kernel: "/k".into(),
+            rootfs: None,
             initrd: Some("/i".into()),
             disk: None,
             cmdline: "console=ttyS0".into(),

@@ -134,6 +134,8 @@ mod tests {
             cpuset: None,
             memory_limit_mib: None,
             networks: Vec::new(),
+            command: Vec::new(),
+            pids_limit: None,
         }
     }
 

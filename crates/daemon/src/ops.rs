@@ -1,7 +1,7 @@
 //! The instance operations behind the API: each validates, claims the instance (so a
 //! concurrent conflicting call gets a 409), changes state in one place and emits an event.
 
-use api::daemon::{CreateInstance, Instance, InstanceStatus, InstanceUpdate};
+use api::daemon::{CreateInstance, Instance, InstanceKind, InstanceStatus, InstanceUpdate};
 
 use crate::db::now;
 use crate::error::{DaemonError, Result};
@@ -41,6 +41,28 @@ pub fn create(d: &Daemon, req: &CreateInstance) -> Result<Instance> {
         e => e,
     })?;
     check_networks(d, &config.networks)?;
+    if let Some(want) = req.kind {
+        if want != image.kind {
+            return Err(DaemonError::BadRequest(format!(
+                "image '{}' is a {} image, not a {} image",
+                req.image,
+                image.kind.as_str(),
+                want.as_str()
+            )));
+        }
+    }
+    let container = image.kind == InstanceKind::Container;
+    if container {
+        crate::container::ops::check_config(&config)?;
+    } else if !config.command.is_empty() || config.pids_limit.is_some() {
+        return Err(DaemonError::BadRequest(
+            "command and pids_limit apply to containers only".into(),
+        ));
+    }
+    let address = match config.networks.first() {
+        Some(n) if container => Some(crate::container::net::allocate(d, n)?),
+        _ => None,
+    };
     let disk = image
         .disk
         .as_ref()
@@ -48,6 +70,7 @@ pub fn create(d: &Daemon, req: &CreateInstance) -> Result<Instance> {
     let inst = Instance {
         name: req.name.clone(),
         image: req.image.clone(),
+        kind: image.kind,
         status: InstanceStatus::Stopped,
         config,
         pid: None,
@@ -56,6 +79,7 @@ pub fn create(d: &Daemon, req: &CreateInstance) -> Result<Instance> {
         last_exit: None,
         console: None,
         disk: disk.as_ref().map(|p| p.display().to_string()),
+        address,
     };
     d.db().insert_instance(&inst)?;
     let prepared = (|| -> Result<()> {
@@ -113,6 +137,10 @@ pub fn stop(d: &Daemon, name: &str, force: bool) -> Result<Instance> {
             "instance '{name}' is not running"
         )));
     }
+    if inst.kind == InstanceKind::Container && inst.status == InstanceStatus::Paused {
+        // Frozen processes cannot act on the stop signals.
+        crate::container::ops::pause(d, name, false)?;
+    }
     lifecycle::stop(d, name, force)?;
     get(d, name)
 }
@@ -133,6 +161,32 @@ pub fn pause(d: &Daemon, name: &str, pause: bool) -> Result<Instance> {
             inst.status.as_str()
         )));
     }
+    if inst.kind == InstanceKind::Container {
+        crate::container::ops::pause(d, name, pause)?;
+    } else {
+        pause_vm(d, name, pause)?;
+    }
+    let next = if pause {
+        InstanceStatus::Paused
+    } else {
+        InstanceStatus::Running
+    };
+    d.db().set_status(name, next)?;
+    d.event(
+        if pause {
+            "instance-paused"
+        } else {
+            "instance-resumed"
+        },
+        Some(name),
+        "",
+    );
+    get(d, name)
+}
+
+/// Pauses or resumes a VM's vCPUs through its VMM's control API.
+fn pause_vm(d: &Daemon, name: &str, pause: bool) -> Result<()> {
+    let what = if pause { "pause" } else { "resume" };
     let vm = client::vm::VmClient::new(
         client::Endpoint::new(d.config.api_socket(name))
             .with_timeout(std::time::Duration::from_secs(10)),
@@ -159,28 +213,17 @@ pub fn pause(d: &Daemon, name: &str, pause: bool) -> Result<Instance> {
             }
         }
     }
-    let next = if pause {
-        InstanceStatus::Paused
-    } else {
-        InstanceStatus::Running
-    };
-    d.db().set_status(name, next)?;
-    d.event(
-        if pause {
-            "instance-paused"
-        } else {
-            "instance-resumed"
-        },
-        Some(name),
-        "",
-    );
-    get(d, name)
+    Ok(())
 }
 
 pub fn restart(d: &Daemon, name: &str) -> Result<Instance> {
     let _guard = d.claim(name, "restart")?;
     d.db().instance(name)?;
     if d.procs().contains_key(name) {
+        let (inst, _) = d.db().instance(name)?;
+        if inst.kind == InstanceKind::Container && inst.status == InstanceStatus::Paused {
+            crate::container::ops::pause(d, name, false)?;
+        }
         lifecycle::stop(d, name, false)?;
     }
     lifecycle::start(d, name, StartReason::User).map(|i| view(d, i))
@@ -199,6 +242,9 @@ pub fn delete(d: &Daemon, name: &str, force: bool) -> Result<()> {
     }
     let (inst, _) = d.db().instance(name)?;
     d.db().delete_instance(name)?;
+    if inst.kind == InstanceKind::Container {
+        crate::container::ops::clean_up(d, name);
+    }
     d.cgroups.remove(name);
     for i in 0..inst.config.networks.len() {
         crate::netsetup::remove_tap(&crate::netsetup::tap_name(name, i));
@@ -241,9 +287,26 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
     if let Some(v) = upd.memory_limit_mib {
         c.memory_limit_mib = (v != 0).then_some(v);
     }
+    let container = inst.kind == InstanceKind::Container;
+    if let Some(v) = upd.pids_limit {
+        if !container {
+            return Err(DaemonError::BadRequest(
+                "pids_limit applies to containers only".into(),
+            ));
+        }
+        c.pids_limit = (v != 0).then_some(v);
+    }
     check_config(&c, d.host_cpus, d.host_memory_mib)?;
+    if container {
+        crate::container::ops::check_config(&c)?;
+    }
     if d.procs().contains_key(name) {
-        d.cgroups.update(name, &c)?;
+        if container {
+            let res = crate::cgroups::container_resources(&c, d.host_cpus);
+            d.cgroups.apply(name, &res)?;
+        } else {
+            d.cgroups.update(name, &c)?;
+        }
     }
     d.db().set_config(name, &c)?;
     let detail = serde_json::to_string(upd).unwrap_or_default();
@@ -264,6 +327,7 @@ pub fn copy(d: &Daemon, name: &str, new_name: &str) -> Result<Instance> {
     let req = CreateInstance {
         name: new_name.to_string(),
         image: src.image.clone(),
+        kind: Some(src.kind),
         cpus: src.config.cpus,
         memory_mib: src.config.memory_mib,
         cmdline: src.config.cmdline.clone(),
@@ -274,9 +338,18 @@ pub fn copy(d: &Daemon, name: &str, new_name: &str) -> Result<Instance> {
         cpuset: src.config.cpuset.clone(),
         memory_limit_mib: src.config.memory_limit_mib,
         networks: src.config.networks.clone(),
+        command: src.config.command.clone(),
+        pids_limit: src.config.pids_limit,
         start: false,
     };
     let created = create(d, &req)?;
+    if src.kind == InstanceKind::Container {
+        if let Err(e) = crate::container::ops::copy_layer(d, name, new_name) {
+            let _ = d.db().delete_instance(new_name);
+            let _ = std::fs::remove_dir_all(d.config.instance_dir(new_name));
+            return Err(e);
+        }
+    }
     if let (Some(from), Some(to)) = (&src.disk, &created.disk) {
         sparse_copy(std::path::Path::new(from), std::path::Path::new(to))?;
     }

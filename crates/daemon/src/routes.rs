@@ -1,13 +1,14 @@
 //! Maps one HTTP request to a daemon operation and its answer.
 
 use api::daemon::{
-    CopyRequest, CreateInstance, CreateNetwork, CreateSnapshot, HostInfo, ImportImage,
+    CopyRequest, CreateInstance, CreateNetwork, CreateSnapshot, ExecRequest, HostInfo, ImportImage,
 };
 use api::daemon::{InstanceStatus, InstanceUpdate, StopRequest};
 use kapsel_http::Response;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::container::ops as containers;
 use crate::error::{DaemonError, Result};
 use crate::state::Daemon;
 use crate::{images, metrics, network, ops, snapshots};
@@ -108,7 +109,11 @@ pub fn route(d: &Daemon, method: &str, target: &str, raw: &[u8]) -> Result<Reply
             Ok(Reply::Empty)
         }
         ("POST", ["v1", "instances", name, "snapshots", snap, "restore"]) => {
-            snapshots::restore(d, name, snap)
+            if containers::is_container(d, name)? {
+                json(200, &containers::snapshot_restore(d, name, snap)?)
+            } else {
+                snapshots::restore(d, name, snap)
+            }
         }
         (_, ["v1", "instances", _, _]) => Err(not_allowed(method, path)),
         ("GET", ["v1", "images"]) => json(200, &d.db().images()?),
@@ -165,7 +170,15 @@ fn instance_action(d: &Daemon, name: &str, action: &str, raw: &[u8]) -> Result<R
         "resume" => json(200, &ops::pause(d, name, false)?),
         "snapshots" => {
             let req: CreateSnapshot = body(raw)?;
-            json(201, &snapshots::create(d, name, &req.name)?)
+            if containers::is_container(d, name)? {
+                json(201, &containers::snapshot_create(d, name, &req.name)?)
+            } else {
+                json(201, &snapshots::create(d, name, &req.name)?)
+            }
+        }
+        "exec" => {
+            let req: ExecRequest = body(raw)?;
+            json(200, &containers::exec(d, name, &req)?)
         }
         _ => Err(DaemonError::NotFound {
             kind: "action",

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use api::daemon::{InstanceStatus, RestartPolicy};
+use api::daemon::{InstanceKind, InstanceStatus, RestartPolicy};
 
 use crate::error::{DaemonError, Result};
 use crate::lifecycle::{self, StartReason};
@@ -149,14 +149,24 @@ pub fn run(d: Arc<Daemon>) {
 }
 
 fn on_exit(d: &Daemon, pid: i32, failures: &mut HashMap<String, u32>) {
-    let mut procs = d.procs();
-    let Some(name) = procs
+    let Some(name) = d
+        .procs()
         .iter()
         .find(|(_, p)| p.pid == pid)
         .map(|(n, _)| n.clone())
     else {
         return;
     };
+    let container = d
+        .db()
+        .instance(&name)
+        .is_ok_and(|(i, _)| i.kind == InstanceKind::Container);
+    if container {
+        // A killed monitor leaves its container running: end it before the instance
+        // counts as stopped, whatever comes next.
+        crate::container::ops::clean_up(d, &name);
+    }
+    let mut procs = d.procs();
     let Some(p) = procs.remove(&name) else {
         return;
     };

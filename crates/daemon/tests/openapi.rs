@@ -91,6 +91,8 @@ fn config() -> InstanceConfig {
         cpuset: None,
         memory_limit_mib: None,
         networks: Vec::new(),
+        command: vec!["sh".into()],
+        pids_limit: Some(1),
     }
 }
 
@@ -107,10 +109,12 @@ fn schemas_match_the_api_types() {
         cpu_cap_percent: Some(1),
         cpuset: Some(String::new()),
         memory_limit_mib: Some(1),
+        pids_limit: Some(1),
     };
     let instance = Instance {
         name: "a".into(),
         image: "i".into(),
+        kind: Default::default(),
         status: InstanceStatus::Running,
         config: config(),
         pid: None,
@@ -119,11 +123,17 @@ fn schemas_match_the_api_types() {
         last_exit: None,
         console: None,
         disk: None,
+        address: Some("10.0.0.2/24".into()),
     };
-    let create: CreateInstance = serde_json::from_str(r#"{"name":"a","image":"i"}"#).unwrap();
+    let create: CreateInstance = serde_json::from_str(
+        r#"{"name":"a","image":"i","kind":"container","command":["sh"],"pids_limit":1}"#,
+    )
+    .unwrap();
     let image = Image {
         name: "i".into(),
+        kind: Default::default(),
         kernel: "/k".into(),
+        rootfs: Some("/r".into()),
         initrd: None,
         disk: None,
         cmdline: String::new(),
@@ -133,6 +143,7 @@ fn schemas_match_the_api_types() {
     let import = ImportImage {
         name: "i".into(),
         kernel: "/k".into(),
+        rootfs: Some("/r".into()),
         initrd: None,
         disk: None,
         cmdline: None,
@@ -191,6 +202,22 @@ fn schemas_match_the_api_types() {
             }),
         ),
         ("Event", keys(&event)),
+        (
+            "ExecRequest",
+            keys(&ExecRequest {
+                command: vec!["true".into()],
+                tty: false,
+                timeout_secs: Some(1),
+            }),
+        ),
+        (
+            "ExecResult",
+            keys(&ExecResult {
+                exit_code: 0,
+                stdout: String::new(),
+                stderr: String::new(),
+            }),
+        ),
         ("HostInfo", keys(&host)),
         (
             "Error",
@@ -251,6 +278,7 @@ fn every_documented_operation_is_routed_and_every_route_documented() {
         ("/v1/instances/{name}/pause", "POST"),
         ("/v1/instances/{name}/resume", "POST"),
         ("/v1/instances/{name}/copy", "POST"),
+        ("/v1/instances/{name}/exec", "POST"),
         ("/v1/instances/{name}/snapshots", "GET"),
         ("/v1/instances/{name}/snapshots", "POST"),
         ("/v1/instances/{name}/snapshots/{snapshot}", "DELETE"),

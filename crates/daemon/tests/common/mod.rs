@@ -102,6 +102,7 @@ impl TestDaemon {
             .import_image(&ImportImage {
                 name: "tg".into(),
                 kernel: test_guest().display().to_string(),
+                rootfs: None,
                 initrd: None,
                 disk: None,
                 cmdline: Some("console=ttyS0".into()),
@@ -231,6 +232,7 @@ pub fn request(name: &str, payload: &str, restart: RestartPolicy) -> CreateInsta
     CreateInstance {
         name: name.into(),
         image: "tg".into(),
+        kind: Default::default(),
         cpus: 1,
         memory_mib: 64,
         cmdline: format!("test={payload}"),
@@ -241,6 +243,8 @@ pub fn request(name: &str, payload: &str, restart: RestartPolicy) -> CreateInsta
         cpuset: None,
         memory_limit_mib: None,
         networks: Vec::new(),
+        command: Vec::new(),
+        pids_limit: None,
         start: true,
     }
 }

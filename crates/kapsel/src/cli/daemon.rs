@@ -56,3 +56,18 @@ pub fn run(args: DaemonArgs) -> ExitCode {
         Err(e) => super::fail(&e, DAEMON_FAILED),
     }
 }
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// The spec file the daemon wrote (`monitor.json` in the instance's run directory).
+    pub spec: PathBuf,
+}
+
+/// `kapsel container-monitor SPEC`: runs one daemon-managed container until it ends and
+/// exits with its exit code (0 after a stop request).
+pub fn monitor(args: MonitorArgs) -> ExitCode {
+    match daemon::container::monitor::run(&args.spec) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => super::fail(&e, DAEMON_FAILED),
+    }
+}

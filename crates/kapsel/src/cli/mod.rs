@@ -32,6 +32,9 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     #[command(flatten)]
     Instance(instance::InstanceCommand),
+    /// A daemon-managed container's monitor (started by the daemon, not by hand).
+    #[command(hide = true)]
+    ContainerMonitor(daemon::MonitorArgs),
 }
 
 mod container;
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Container(args) => self::container::run(args),
         Command::Daemon(args) => daemon::run(args),
         Command::Instance(cmd) => instance::run(cmd),
+        Command::ContainerMonitor(args) => daemon::monitor(args),
     }
 }
 

@@ -69,6 +69,7 @@ pub fn update_from_pairs(pairs: &[String]) -> Result<InstanceUpdate, String> {
             "cpu.cap" => u.cpu_cap_percent = Some(number(k, v.trim_end_matches('%'))?),
             "cpuset" => u.cpuset = Some(v.to_string()),
             "memory.limit" => u.memory_limit_mib = Some(if v == "0" { 0 } else { parse_mib(v)? }),
+            "pids" => u.pids_limit = Some(number(k, v)?),
             _ => {
                 let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
                 return Err(format!(

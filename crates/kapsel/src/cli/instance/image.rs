@@ -12,9 +12,12 @@ use super::{print_json, Conn, VerbError, VerbResult};
 pub struct ImportArgs {
     /// Name of the image.
     pub name: String,
-    /// Kernel (bzImage or ELF vmlinux).
+    /// Kernel (bzImage or ELF vmlinux): a VM image.
+    #[arg(long, required_unless_present = "rootfs", conflicts_with = "rootfs")]
+    pub kernel: Option<PathBuf>,
+    /// Root filesystem directory or tarball: a container image.
     #[arg(long)]
-    pub kernel: PathBuf,
+    pub rootfs: Option<PathBuf>,
     #[arg(long)]
     pub initrd: Option<PathBuf>,
     /// Root disk (raw).
@@ -44,7 +47,8 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Copy kernel, initrd and disk into the storage pool.
+    /// Copy kernel, initrd and disk (a VM image) or a root filesystem directory or tarball
+    /// (a container image) into the storage pool.
     Import(ImportArgs),
     List(ListArgs),
     Delete(DeleteArgs),
@@ -64,7 +68,8 @@ pub fn run(c: ImageCommand) -> VerbResult {
         ImageCommand::Import(a) => {
             let req = ImportImage {
                 name: a.name,
-                kernel: absolute(a.kernel)?,
+                kernel: a.kernel.map(absolute).transpose()?.unwrap_or_default(),
+                rootfs: a.rootfs.map(absolute).transpose()?,
                 initrd: a.initrd.map(absolute).transpose()?,
                 disk: a.disk.map(absolute).transpose()?,
                 cmdline: a.cmdline,

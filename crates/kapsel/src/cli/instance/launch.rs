@@ -1,12 +1,16 @@
-//! `kapsel launch IMAGE NAME [--cpus --memory --restart ...]`.
+//! `kapsel launch [--container] IMAGE NAME [--cpus --memory --restart ...] [-- COMMAND...]`.
 
-use api::daemon::{CreateInstance, RestartPolicy};
+use api::daemon::{CreateInstance, InstanceKind, RestartPolicy};
 use clap::Args;
 
 use super::{parse_mib, Conn, VerbError, VerbResult};
 
 #[derive(Debug, Args)]
 pub struct LaunchArgs {
+    /// The image is a container image: run a container (its memory is its limit, --cpus
+    /// caps it, the command after `--` runs instead of a shell on its console).
+    #[arg(long)]
+    pub container: bool,
     /// Image to boot (see `kapsel image list`).
     pub image: String,
     /// Name of the new instance (a-z, 0-9, '-').
@@ -38,9 +42,15 @@ pub struct LaunchArgs {
     /// Memory limit of the VMM process (default: guest memory + 128M).
     #[arg(long, value_parser = parse_mib)]
     pub memory_limit: Option<u64>,
-    /// Attach a NIC on this managed network (repeatable).
-    #[arg(long = "net")]
+    /// Attach a NIC on this managed network (repeatable; a container has at most one).
+    #[arg(long = "net", alias = "network")]
     pub networks: Vec<String>,
+    /// Containers: the most tasks (processes and threads) it may have.
+    #[arg(long = "pids")]
+    pub pids_limit: Option<u64>,
+    /// Containers: the command to run (default /bin/sh on the console).
+    #[arg(last = true)]
+    pub command: Vec<String>,
     /// Only create it, do not start it.
     #[arg(long)]
     pub no_start: bool,
@@ -56,6 +66,7 @@ pub fn run(a: LaunchArgs) -> VerbResult {
     let req = CreateInstance {
         name: a.name,
         image: a.image,
+        kind: a.container.then_some(InstanceKind::Container),
         cpus: a.cpus,
         memory_mib: a.memory,
         cmdline: a.cmdline,
@@ -66,6 +77,8 @@ pub fn run(a: LaunchArgs) -> VerbResult {
         cpuset: a.cpuset,
         memory_limit_mib: a.memory_limit,
         networks: a.networks,
+        command: a.command,
+        pids_limit: a.pids_limit,
         start: !a.no_start,
     };
     let inst = a.conn.client().create(&req).map_err(VerbError::from)?;

@@ -23,6 +23,7 @@ pub struct ListArgs {
 pub fn table(instances: &[Instance]) -> String {
     let mut rows = vec![[
         "NAME".to_string(),
+        "TYPE".into(),
         "STATUS".into(),
         "CPUS".into(),
         "MEMORY".into(),
@@ -33,6 +34,7 @@ pub fn table(instances: &[Instance]) -> String {
     for i in instances {
         rows.push([
             i.name.clone(),
+            i.kind.as_str().into(),
             i.status.as_str().into(),
             i.config.cpus.to_string(),
             format!("{}M", i.config.memory_mib),
@@ -41,7 +43,7 @@ pub fn table(instances: &[Instance]) -> String {
             i.image.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

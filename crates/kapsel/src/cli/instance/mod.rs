@@ -8,6 +8,7 @@ mod config;
 mod console;
 mod copy;
 mod events;
+mod exec;
 mod image;
 mod info;
 mod launch;
@@ -64,6 +65,8 @@ pub enum InstanceCommand {
     Delete(lifecycle::DeleteArgs),
     /// Attach to an instance's serial console (detach with Ctrl-]).
     Console(console::ConsoleArgs),
+    /// Run a command in a running container; its output and exit status come back.
+    Exec(exec::ExecArgs),
     /// Instance snapshots.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -94,6 +97,10 @@ pub fn run(cmd: InstanceCommand) -> ExitCode {
         InstanceCommand::Resume(a) => lifecycle::resume(a),
         InstanceCommand::Delete(a) => lifecycle::delete(a),
         InstanceCommand::Console(a) => console::run(a),
+        InstanceCommand::Exec(a) => match exec::run(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         InstanceCommand::Snapshot(c) => snapshot::run(c),
         InstanceCommand::Copy(a) => copy::run(a),
         InstanceCommand::Config(c) => config::run(c),

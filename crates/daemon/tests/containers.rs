@@ -1,0 +1,416 @@
+//! Containers managed by the daemon, with real containers from the busybox root filesystem
+//! (`scripts/container-rootfs.sh busybox`): launch, exec output and exit codes, the console,
+//! stop/start keeping the writable layer, pause/resume, live limits, snapshots of the upper
+//! directory, a killed monitor restarted per policy, a killed daemon leaving containers
+//! running and re-attaching, and an httpd in one container reached from another over the
+//! bridge (the daemon in its own network namespace).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use api::daemon::{
+    CreateInstance, CreateNetwork, ExecRequest, ExecResult, ImportImage, Instance, InstanceKind,
+    InstanceStatus, InstanceUpdate, RestartPolicy,
+};
+use common::{alive, running, TestDaemon};
+
+/// A first process that ends at once on SIGTERM (a shell as pid 1 ignores it).
+const IDLE: &str = "trap 'exit 0' TERM; while :; do sleep 1; done";
+
+fn busybox_rootfs() -> PathBuf {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS
+        .get_or_init(|| {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/container-rootfs.sh");
+            let out = Command::new(script).arg("busybox").output().unwrap();
+            assert!(
+                out.status.success(),
+                "container-rootfs.sh busybox: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
+}
+
+fn import_busybox(d: &TestDaemon) {
+    let img = d
+        .client()
+        .import_image(&ImportImage {
+            name: "busybox".into(),
+            kernel: String::new(),
+            rootfs: Some(busybox_rootfs().display().to_string()),
+            initrd: None,
+            disk: None,
+            cmdline: None,
+        })
+        .unwrap_or_else(|e| panic!("import: {e}\n{}", d.log()));
+    assert_eq!(img.kind, InstanceKind::Container);
+}
+
+fn request(name: &str, command: &[&str], restart: RestartPolicy) -> CreateInstance {
+    let mut req = common::request(name, "", restart);
+    req.image = "busybox".into();
+    req.kind = Some(InstanceKind::Container);
+    req.cmdline = String::new();
+    req.command = command.iter().map(|s| s.to_string()).collect();
+    req
+}
+
+fn launch(d: &TestDaemon, req: &CreateInstance) -> Instance {
+    let inst = d
+        .client()
+        .create(req)
+        .unwrap_or_else(|e| panic!("launch {}: {e}\n{}", req.name, d.log()));
+    assert_eq!(inst.kind, InstanceKind::Container);
+    assert_eq!(inst.status, InstanceStatus::Running, "{inst:?}");
+    inst
+}
+
+fn exec(d: &TestDaemon, name: &str, script: &str) -> ExecResult {
+    d.client()
+        .exec(
+            name,
+            &ExecRequest {
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                tty: false,
+                timeout_secs: Some(30),
+            },
+        )
+        .unwrap_or_else(|e| panic!("exec in {name}: {e}\n{}", d.log()))
+}
+
+fn kill9(pid: i32) {
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Reads the console until `want` shows up.
+fn console_until(stream: &mut UnixStream, want: &str) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains(want) {
+            return text;
+        }
+    }
+    panic!(
+        "console never showed {want:?}: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
+/// The container's memory limit in bytes, from its cgroup (v1 or v2).
+fn memory_limit(d: &TestDaemon, name: &str) -> u64 {
+    let v1 = d.cgroup_dir("memory", name).join("memory.limit_in_bytes");
+    let v2 = Path::new("/sys/fs/cgroup")
+        .join(&d.cgroup_root)
+        .join(name)
+        .join("memory.max");
+    let text = std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .unwrap_or_else(|e| panic!("no memory limit file for {name}: {e}"));
+    text.trim().parse().unwrap()
+}
+
+#[test]
+fn launch_exec_console_stop_start_pause_limits_snapshot() {
+    let d = TestDaemon::start();
+    import_busybox(&d);
+    let c = d.client();
+    let mut req = request(
+        "box",
+        &["sh", "-c", &format!("echo console-hello; {IDLE}")],
+        RestartPolicy::No,
+    );
+    req.memory_mib = 128;
+    req.pids_limit = Some(64);
+    let inst = launch(&d, &req);
+    let list = c.list().unwrap();
+    let row = list.iter().find(|i| i.name == "box").unwrap();
+    assert_eq!(
+        (row.kind, row.status),
+        (InstanceKind::Container, InstanceStatus::Running)
+    );
+
+    // exec: output, errors and exit code come back.
+    let r = exec(&d, "box", "cat /etc/issue; echo oops >&2; exit 3");
+    assert_eq!(r.exit_code, 3, "{r:?}");
+    assert_eq!(r.stdout, "kapsel busybox rootfs\n");
+    assert_eq!(r.stderr, "oops\n");
+    // The container's own pid namespace: its first process is pid 1.
+    let r = exec(&d, "box", "cat /proc/1/cmdline | tr '\\0' ' '");
+    assert!(r.stdout.starts_with("sh -c echo console-hello"), "{r:?}");
+    let r = d
+        .client()
+        .exec(
+            "box",
+            &ExecRequest {
+                command: vec!["sh".into(), "-c".into(), "test -t 1 && echo tty".into()],
+                tty: true,
+                timeout_secs: None,
+            },
+        )
+        .unwrap();
+    assert_eq!((r.exit_code, r.stdout.trim()), (0, "tty"), "{r:?}");
+
+    // The console shows the container's output.
+    let mut con = UnixStream::connect(inst.console.as_deref().unwrap()).unwrap();
+    console_until(&mut con, "console-hello");
+    drop(con);
+
+    // Files written in the container survive stop and start (the writable layer persists).
+    assert_eq!(exec(&d, "box", "echo kept > /data").exit_code, 0);
+    let stopped = c.stop("box", false).unwrap();
+    assert_eq!(stopped.status, InstanceStatus::Stopped, "{stopped:?}");
+    assert_eq!(stopped.last_exit.as_deref(), Some("exit 0"));
+    assert!(!alive(inst.pid.unwrap()));
+    let back = c.start("box").unwrap();
+    assert!(running(&back));
+    assert_eq!(exec(&d, "box", "cat /data").stdout, "kept\n");
+
+    // Pause freezes every process; resume thaws them.
+    let paused = c.pause("box").unwrap();
+    assert_eq!(paused.status, InstanceStatus::Paused);
+    let freezer = d.cgroup_dir("freezer", "box").join("freezer.state");
+    if freezer.exists() {
+        assert_eq!(std::fs::read_to_string(&freezer).unwrap().trim(), "FROZEN");
+    }
+    let e = d
+        .client()
+        .exec(
+            "box",
+            &ExecRequest {
+                command: vec!["true".into()],
+                tty: false,
+                timeout_secs: None,
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("paused"), "{e}");
+    assert!(running(&c.resume("box").unwrap()));
+    assert_eq!(exec(&d, "box", "echo alive").stdout, "alive\n");
+
+    // Live limits: the memory limit changes in the running container's cgroup.
+    assert_eq!(memory_limit(&d, "box"), 128 << 20);
+    c.update(
+        "box",
+        &InstanceUpdate {
+            memory_mib: Some(96),
+            pids_limit: Some(16),
+            ..InstanceUpdate::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(memory_limit(&d, "box"), 96 << 20);
+    let pids_max = d.cgroup_dir("pids", "box").join("pids.max");
+    if pids_max.exists() {
+        assert_eq!(std::fs::read_to_string(&pids_max).unwrap().trim(), "16");
+    }
+
+    // Snapshot of the upper directory (taken frozen), then restore into a stopped container.
+    let snap = c.create_snapshot("box", "s1").unwrap();
+    assert!(
+        Path::new(&snap.path).join("upper/data").exists(),
+        "{snap:?}"
+    );
+    assert_eq!(exec(&d, "box", "rm /data; echo new > /later").exit_code, 0);
+    let e = c.restore_snapshot("box", "s1").unwrap_err();
+    assert!(e.to_string().contains("stop it"), "{e}");
+    c.stop("box", false).unwrap();
+    c.restore_snapshot("box", "s1").unwrap();
+    c.start("box").unwrap();
+    let r = exec(&d, "box", "cat /data; test -e /later || echo no-later");
+    assert_eq!(r.stdout, "kept\nno-later\n", "{r:?}");
+    assert_eq!(c.snapshots("box").unwrap().len(), 1);
+    c.delete_snapshot("box", "s1").unwrap();
+
+    // Copy: the new container starts from a copy of the writable layer.
+    c.copy("box", "box2").unwrap();
+    let copy = c.start("box2").unwrap();
+    assert_eq!(copy.kind, InstanceKind::Container);
+    assert_eq!(exec(&d, "box2", "cat /data").stdout, "kept\n");
+
+    // An interactive shell on the console.
+    let sh = launch(&d, &request("shell", &[], RestartPolicy::No));
+    let mut con = UnixStream::connect(sh.console.as_deref().unwrap()).unwrap();
+    con.write_all(b"echo mark$((40+2))\n").unwrap();
+    console_until(&mut con, "mark42");
+
+    // Exec is refused for VMs' verbs and stopped containers with clear errors.
+    c.stop("box2", true).unwrap();
+    let e = c
+        .exec(
+            "box2",
+            &ExecRequest {
+                command: vec!["true".into()],
+                tty: false,
+                timeout_secs: None,
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("stopped"), "{e}");
+
+    for n in ["box", "box2", "shell"] {
+        c.delete(n, true).unwrap();
+    }
+    assert!(!d.cgroup_dir("memory", "box").exists());
+    assert!(c.list().unwrap().is_empty());
+}
+
+#[test]
+fn killed_monitor_is_restarted_per_policy() {
+    let d = TestDaemon::start();
+    import_busybox(&d);
+    let c = d.client();
+    let onfail = launch(
+        &d,
+        &request("onfail", &["sh", "-c", IDLE], RestartPolicy::OnFailure),
+    );
+    let never = launch(
+        &d,
+        &request("never", &["sh", "-c", IDLE], RestartPolicy::No),
+    );
+    assert_eq!(exec(&d, "onfail", "echo before > /f").exit_code, 0);
+    let (p1, p2) = (onfail.pid.unwrap(), never.pid.unwrap());
+    kill9(p1);
+    kill9(p2);
+    let back = d.wait_for("onfail", "a restarted monitor", |i| {
+        running(i) && i.pid.is_some_and(|p| p != p1)
+    });
+    assert_eq!(back.restarts, 1);
+    assert_eq!(back.last_exit.as_deref(), Some("signal 9"));
+    // The restarted container has the same files and is the only one left.
+    let r = exec(&d, "onfail", "cat /f; ps -o pid= | wc -l");
+    assert!(r.stdout.starts_with("before\n"), "{r:?}");
+    let gone = d.wait_for("never", "an error state", |i| {
+        i.status == InstanceStatus::Error
+    });
+    assert_eq!(gone.last_exit.as_deref(), Some("signal 9"));
+    // The container of the monitor that is not restarted was ended with it.
+    let tasks = d.cgroup_dir("pids", "never").join("tasks");
+    assert!(
+        std::fs::read_to_string(&tasks)
+            .unwrap_or_default()
+            .trim()
+            .is_empty(),
+        "container of 'never' still has processes"
+    );
+    // A container whose first process fails exits and is restarted on failure too.
+    c.delete("onfail", true).unwrap();
+    c.delete("never", true).unwrap();
+}
+
+#[test]
+fn killed_daemon_leaves_containers_running_and_reattaches() {
+    let mut d = TestDaemon::start();
+    import_busybox(&d);
+    let inst = launch(&d, &request("keep", &["sh", "-c", IDLE], RestartPolicy::No));
+    let pid = inst.pid.unwrap();
+    assert_eq!(exec(&d, "keep", "echo one > /f").exit_code, 0);
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(pid), "monitor died with the daemon");
+    d.spawn();
+    let back = d.client().get("keep").unwrap();
+    assert_eq!(
+        (back.status, back.pid),
+        (InstanceStatus::Running, Some(pid))
+    );
+    assert_eq!(exec(&d, "keep", "cat /f").stdout, "one\n");
+    let mut reattached = false;
+    d.client()
+        .events(0, false, |e| {
+            reattached |= e.kind == "instance-reattached";
+            true
+        })
+        .unwrap();
+    assert!(reattached, "no instance-reattached event\n{}", d.log());
+    // The re-attached monitor is still supervised: a stop goes through it.
+    let stopped = d.client().stop("keep", false).unwrap();
+    assert_eq!(stopped.status, InstanceStatus::Stopped);
+    assert!(!alive(pid));
+    d.client().delete("keep", false).unwrap();
+}
+
+#[test]
+fn httpd_in_a_container_is_reachable_over_the_bridge() {
+    // The daemon (and its bridge, dnsmasq, containers) in a private network namespace.
+    let d = TestDaemon::start_with(vec!["unshare".into(), "-n".into()]);
+    import_busybox(&d);
+    let c = d.client();
+    c.create_network(&CreateNetwork {
+        name: "ct".into(),
+        address: "10.78.0.1/24".into(),
+        nat: false,
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let mut web = request(
+        "web",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+        RestartPolicy::No,
+    );
+    web.networks = vec!["ct".into()];
+    let web = launch(&d, &web);
+    let mut cli = request("cli", &["sh", "-c", IDLE], RestartPolicy::No);
+    cli.networks = vec!["ct".into()];
+    let cli = launch(&d, &cli);
+    let web_addr = web.address.clone().unwrap();
+    assert_eq!(web_addr, "10.78.0.254/24");
+    assert_eq!(cli.address.as_deref(), Some("10.78.0.253/24"));
+    let ip = web_addr.split('/').next().unwrap();
+
+    // From the other container, over the bridge.
+    let fetch =
+        format!("for i in $(seq 50); do wget -qO- http://{ip}/ && exit 0; sleep 0.1; done; exit 1");
+    let r = exec(&d, "cli", &fetch);
+    assert_eq!(
+        (r.exit_code, r.stdout.as_str()),
+        (0, "hello-from-web\n"),
+        "{r:?}"
+    );
+    let r = exec(&d, "cli", "ip -4 addr show eth0; ip route");
+    assert!(r.stdout.contains("10.78.0.253/24"), "{r:?}");
+    assert!(r.stdout.contains("default via 10.78.0.1"), "{r:?}");
+
+    // From the host side of the bridge (the daemon's namespace), where VMs' TAPs are too.
+    let busybox = busybox_rootfs().join("bin/busybox");
+    let out = Command::new("nsenter")
+        .args(["-t", &d.daemon_pid().to_string(), "-n"])
+        .arg(&busybox)
+        .args(["wget", "-qO-", &format!("http://{ip}/")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello-from-web\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in ["web", "cli"] {
+        c.delete(n, true).unwrap();
+    }
+    c.delete_network("ct").unwrap();
+}

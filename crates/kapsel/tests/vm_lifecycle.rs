@@ -511,3 +511,55 @@ fn a_vm_with_virtio_devices_snapshots_and_restores_as_a_clone() {
     let err = restore_fails_with(&snap, &["--vsock", "cid=1"]);
     assert!(err.contains("--vsock: invalid cid '1'"), "{err}");
 }
+
+/// `Seccomp:` of every thread of `pid` (2 = filter mode).
+fn seccomp_modes(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .unwrap_or("?")
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_vmm_thread_runs_under_the_seccomp_filter() {
+    require_kvm();
+    let dir = tempdir("seccomp");
+    let vm = Vmm::boot_count(&dir, "128M");
+    vm.wait_counts(2);
+    let modes = seccomp_modes(vm.child.id());
+    assert!(modes.len() >= 3, "vCPUs, API, console threads: {modes:?}");
+    assert!(
+        modes.iter().all(|m| m == "2"),
+        "threads without the filter: {modes:?}"
+    );
+    // The API, pause/resume and a snapshot all work inside the filter.
+    vm.client.pause().unwrap();
+    vm.client
+        .snapshot(dir.join("snap").to_str().unwrap())
+        .unwrap();
+    vm.client.resume().unwrap();
+    vm.wait_counts(4);
+    assert_eq!(vm.stop(), 0);
+
+    let socket = dir.join("api2.sock");
+    let mut cmd = kapsel();
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(test_guest(TestGuestEntry::Pvh))
+        .args(["--cmdline", "test=count", "--memory", "64M", "--no-seccomp"])
+        .arg("--api-socket")
+        .arg(&socket);
+    let vm = Vmm::spawn(cmd, &socket);
+    vm.wait_counts(2);
+    let modes = seccomp_modes(vm.child.id());
+    assert!(modes.iter().all(|m| m == "0"), "{modes:?}");
+    assert_eq!(vm.stop(), 0);
+}

@@ -8,6 +8,8 @@ use crate::config::ConfigError;
 pub enum VmmError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot install the VMM's seccomp filter: {0}")]
+    Seccomp(String),
     #[error("/dev/kvm is not available: {0}")]
     Kvm(#[source] hv::HvError),
     #[error("cannot open {what} {path}")]

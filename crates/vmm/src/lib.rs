@@ -25,6 +25,7 @@ pub mod net_devices;
 pub mod pci;
 pub mod restore_overrides;
 pub mod run;
+pub mod seccomp;
 pub mod snapshot;
 pub mod state;
 pub mod vcpu;

@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub api_socket: Option<PathBuf>,
     /// Start with the vCPUs paused (resume through the API).
     pub paused: bool,
+    /// Leave the process without its seccomp filter (debugging only).
+    pub no_seccomp: bool,
 }
 
 /// Blocks the stop signals in this thread (and the threads it spawns later) and returns a
@@ -101,6 +103,9 @@ fn drive(
         name: "console-in".into(),
         source,
     })?;
+    if !opts.no_seccomp {
+        crate::seccomp::apply()?;
+    }
     let mut vmm = Vmm::start(config, built, start, opts.paused, restored_from)?;
     tracing::info!(
         elapsed_us = start.elapsed().as_micros() as u64,

@@ -61,6 +61,9 @@ pub struct ControlArgs {
     /// Start with the vCPUs paused; resume through the API.
     #[arg(long)]
     pub paused: bool,
+    /// Run without the VMM's system-call filter (for debugging a call it blocks).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 impl ControlArgs {
@@ -68,6 +71,7 @@ impl ControlArgs {
         vmm::RunOptions {
             api_socket: self.api_socket.clone(),
             paused: self.paused,
+            no_seccomp: self.no_seccomp,
         }
     }
 }

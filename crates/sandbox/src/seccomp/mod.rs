@@ -8,8 +8,10 @@
 
 mod names_x86_64;
 mod profile;
+mod trap;
 
 pub use profile::{Action, ArgCmp, CmpOp, Profile, SyscallRule};
+pub use trap::{apply_to_process, EXIT_BLOCKED};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -119,6 +121,18 @@ pub fn syscall_number(name: &str) -> Option<i64> {
         .binary_search_by(|(n, _)| (*n).cmp(name))
         .ok()
         .map(|i| table[i].1)
+}
+
+/// The name of syscall `nr` on this architecture (a linear scan: fine in a signal handler,
+/// which may not allocate).
+pub fn syscall_name(nr: i64) -> Option<&'static str> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    names_x86_64::SYSCALLS
+        .iter()
+        .find(|(_, n)| *n == nr)
+        .map(|(name, _)| *name)
 }
 
 /// The default profile as BPF programs, to be installed in order.

@@ -267,6 +267,10 @@ pub fn recover(d: &Daemon) -> Result<()> {
                 Err(e) => tracing::warn!(instance = %name, error = %e, "cannot watch VMM"),
             }
         }
+        if inst.kind == InstanceKind::Container {
+            // Its monitor ended while the daemon was away: end what it left running.
+            crate::container::ops::clean_up(d, &name);
+        }
         let was_up = matches!(
             inst.status,
             InstanceStatus::Running | InstanceStatus::Starting | InstanceStatus::Paused

@@ -414,3 +414,89 @@ fn httpd_in_a_container_is_reachable_over_the_bridge() {
     }
     c.delete_network("ct").unwrap();
 }
+
+fn kapsel(d: &TestDaemon, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(common::kapsel_bin())
+        .args(args)
+        .env("KAPSEL_SOCKET", &d.socket)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_verbs_drive_containers() {
+    let d = TestDaemon::start();
+    let rootfs = busybox_rootfs().display().to_string();
+    let (code, _, err) = kapsel(&d, &["image", "import", "bb", "--rootfs", &rootfs]);
+    assert_eq!(code, 0, "{err}");
+    // A container image is refused as a VM and a VM image as a container, in one line.
+    let (code, _, err) = kapsel(&d, &["launch", "--container", "tg", "nope"]);
+    assert_eq!((code, err.lines().count()), (1, 1), "{err}");
+    assert!(err.contains("not a container image"), "{err}");
+    let (code, out, err) = kapsel(
+        &d,
+        &[
+            "launch",
+            "--container",
+            "bb",
+            "cli-c",
+            "--memory",
+            "128M",
+            "--pids",
+            "50",
+            "--restart",
+            "on-failure",
+            "--",
+            "sh",
+            "-c",
+            IDLE,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "cli-c running");
+    let (_, out, _) = kapsel(&d, &["list"]);
+    assert!(out.split_whitespace().take(2).eq(["NAME", "TYPE"]), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("cli-c") && l.contains("container") && l.contains("running")),
+        "{out}"
+    );
+    // exec: output on stdout and stderr, the command's exit code as ours.
+    let (code, out, err) = kapsel(
+        &d,
+        &[
+            "exec",
+            "cli-c",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; echo e >&2; exit 7",
+        ],
+    );
+    assert_eq!((code, out.as_str(), err.as_str()), (7, "hi\n", "e\n"));
+    let (code, out, err) = kapsel(&d, &["exec", "-t", "cli-c", "--", "tty"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.starts_with("/dev/pts/"), "{out}");
+    let (code, _, err) = kapsel(&d, &["config", "set", "cli-c", "pids=20", "memory=96M"]);
+    assert_eq!(code, 0, "{err}");
+    let pids_max = d.cgroup_dir("pids", "cli-c").join("pids.max");
+    if pids_max.exists() {
+        assert_eq!(std::fs::read_to_string(&pids_max).unwrap().trim(), "20");
+    }
+    let (code, _, err) = kapsel(&d, &["snapshot", "create", "cli-c", "s1"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = kapsel(&d, &["snapshot", "list", "cli-c"]);
+    assert!(out.contains("s1"), "{out}");
+    let (code, _, err) = kapsel(&d, &["exec", "nosuch", "--", "true"]);
+    assert_eq!((code, err.lines().count()), (6, 1), "{err}");
+    let (code, _, err) = kapsel(&d, &["delete", "cli-c"]);
+    assert_eq!(code, 7, "{err}");
+    let (code, _, err) = kapsel(&d, &["delete", "--force", "cli-c"]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -165,15 +166,18 @@ pub fn exec(d: &Daemon, name: &str, req: &ExecRequest) -> Result<ExecResult> {
     let devnull =
         std::fs::File::open("/dev/null").map_err(|e| DaemonError::io("open", "/dev/null", e))?;
     let (pid, out_r, err_r) = if req.tty {
-        let pty = container::console::open_pty(Some((24, 80)))?;
+        let pty = container_pty(c.pid())?;
         let slave = pty.slave.as_raw_fd();
         let stdio = Stdio {
-            stdin: Some(devnull.as_raw_fd()),
+            stdin: Some(slave),
             stdout: Some(slave),
             stderr: Some(slave),
         };
         let pid = c.exec(&process, stdio)?;
         drop(pty.slave);
+        // No input: end-of-file (Ctrl-D) for a command that reads its terminal.
+        // SAFETY: writing one byte from a local buffer to our pty master.
+        unsafe { libc::write(pty.master.as_raw_fd(), b"\x04".as_ptr().cast(), 1) };
         (pid, pty.master, None)
     } else {
         let (out_r, out_w) = pipe()?;
@@ -204,6 +208,52 @@ pub fn exec(d: &Daemon, name: &str, req: &ExecRequest) -> Result<ExecResult> {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     })
+}
+
+/// A pty from the container's own devpts (its `/dev/ptmx`), so the terminal has a name
+/// inside the container (`tty`, `ttyname`) as on the container's console.
+struct ContainerPty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+fn container_pty(pid: i32) -> Result<ContainerPty> {
+    let ptmx = format!("/proc/{pid}/root/dev/ptmx");
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&ptmx)
+        .map_err(|e| DaemonError::io("open", &ptmx, e))?;
+    let master = OwnedFd::from(master);
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from a valid pointer; TIOCGPTPEER opens the peer of our
+    // own master and returns a new fd (or -1); TIOCSWINSZ reads a local winsize.
+    let slave = unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock);
+        let ws = libc::winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(DaemonError::io(
+            "open the terminal peer of",
+            &ptmx,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave) };
+    Ok(ContainerPty { master, slave })
 }
 
 /// Freezes (`true`) or thaws a running container's processes.

@@ -1,4 +1,4 @@
-//! `virtio`: paravirtual device models (block, network, entropy, vsock) on top of
+//! `virtio`: paravirtual device models (block, network, entropy, vsock, balloon) on top of
 //! `virtio-queue`, independent of the transport that carries them (virtio-pci lives in the
 //! `pci` crate).
 //!
@@ -8,6 +8,7 @@
 //! (ioeventfds registered with KVM) and an [`Interrupt`] to signal the guest. The device
 //! then serves its queues on its own worker thread(s).
 
+pub mod balloon;
 pub mod block;
 pub mod device;
 pub mod log_limit;

@@ -13,6 +13,8 @@
 //! | PUT | `/vm/disks/{id}/limits` | [`IoLimit`] | [`IoLimit`] |
 //! | GET | `/vm/nets/{id}/limits` | – | [`NetLimits`] |
 //! | PUT | `/vm/nets/{id}/limits` | [`NetLimits`] | [`NetLimits`] |
+//! | GET | `/vm/balloon` | – | [`BalloonInfo`] |
+//! | PUT | `/vm/balloon` | [`BalloonRequest`] | [`BalloonInfo`] |
 //!
 //! Errors answer 400 (malformed body), 404 (unknown path or device), 405 (wrong method), 409 (the
 //! operation is not valid in the VM's current state) or 500, with an [`crate::ErrorBody`].
@@ -181,6 +183,64 @@ pub struct NetLimits {
     pub rx: IoLimit,
     #[serde(default)]
     pub tx: IoLimit,
+}
+
+/// Body of `PUT /vm/balloon`: how much memory the guest should hand back to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonRequest {
+    /// The balloon's target size in MiB (0 gives everything back to the guest); at most the
+    /// guest's memory size.
+    pub target_mib: u64,
+}
+
+/// The answer of `GET`/`PUT /vm/balloon`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonInfo {
+    /// The size the host asked for.
+    pub target_mib: u64,
+    /// The size the guest says it has reached.
+    pub actual_mib: u64,
+    /// Whether the guest's driver has started the device.
+    pub active: bool,
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics requests (null: no statistics).
+    pub stats_period_secs: Option<u64>,
+    pub free_page_reporting: bool,
+    /// Bytes the guest handed over through the inflate queue (freed on the host), since start.
+    pub inflated_bytes: u64,
+    /// Bytes the guest took back through the deflate queue, since start.
+    pub deflated_bytes: u64,
+    /// Bytes of free memory the guest reported and the host freed, since start.
+    pub reported_bytes: u64,
+    /// The guest's latest statistics (null until it sent some).
+    pub stats: Option<BalloonStats>,
+}
+
+/// The guest's memory statistics (virtio-balloon stats queue); memory in bytes, the rest
+/// counts. A statistic the guest did not send is null.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStats {
+    /// Milliseconds since the guest sent these.
+    pub age_ms: u64,
+    pub swap_in: Option<u64>,
+    pub swap_out: Option<u64>,
+    pub major_faults: Option<u64>,
+    pub minor_faults: Option<u64>,
+    pub free_memory: Option<u64>,
+    pub total_memory: Option<u64>,
+    pub available_memory: Option<u64>,
+    pub disk_caches: Option<u64>,
+    pub hugetlb_allocations: Option<u64>,
+    pub hugetlb_failures: Option<u64>,
+    pub oom_kills: Option<u64>,
+    pub alloc_stalls: Option<u64>,
+    pub async_scans: Option<u64>,
+    pub direct_scans: Option<u64>,
+    pub async_reclaims: Option<u64>,
+    pub direct_reclaims: Option<u64>,
 }
 
 #[cfg(test)]

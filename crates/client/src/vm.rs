@@ -1,6 +1,9 @@
 //! Client for the per-VM control API (see [`api::vm`]).
 
-use api::vm::{IoLimit, NetLimits, ShutdownRequest, SnapshotInfo, SnapshotRequest, VmInfo};
+use api::vm::{
+    BalloonInfo, BalloonRequest, IoLimit, NetLimits, ShutdownRequest, SnapshotInfo,
+    SnapshotRequest, VmInfo,
+};
 
 use crate::{ClientError, Endpoint};
 
@@ -75,5 +78,17 @@ impl VmClient {
     pub fn set_net_limits(&self, id: &str, limits: &NetLimits) -> Result<NetLimits, ClientError> {
         self.endpoint
             .request("PUT", &format!("/vm/nets/{id}/limits"), Some(limits))
+    }
+
+    /// The memory balloon: target, size and the guest's latest statistics.
+    pub fn balloon(&self) -> Result<BalloonInfo, ClientError> {
+        self.endpoint.request::<(), _>("GET", "/vm/balloon", None)
+    }
+
+    /// Asks the guest to hand `target_mib` MiB to the balloon (0: take everything back);
+    /// returns the balloon's state right after (the guest gets there over time).
+    pub fn set_balloon(&self, target_mib: u64) -> Result<BalloonInfo, ClientError> {
+        self.endpoint
+            .request("PUT", "/vm/balloon", Some(&BalloonRequest { target_mib }))
     }
 }

@@ -214,6 +214,8 @@ fn live_responses_match_the_document() {
         ("GET", "/metrics", "", 200),
         ("GET", "/vm/disks/disk0/limits", "", 404),
         ("GET", "/vm/nets/net0/limits", "", 404),
+        ("GET", "/vm/balloon", "", 404),
+        ("PUT", "/vm/balloon", "{\"target_mib\":1}", 404),
         ("PUT", "/vm/shutdown", "{\"timeout_ms\":-5}", 400),
         ("PUT", "/vm/shutdown", "{\"timeout_ms\":0}", 200),
     ];
@@ -274,4 +276,45 @@ fn live_limit_responses_match_the_document() {
         assert_eq!(got, *want, "{method} {path} {body}");
     }
     assert!(vm.disk_limits("data").unwrap().is_unlimited());
+}
+
+/// The balloon routes on a VM with a balloon (the test guest has no balloon driver, so the
+/// target is set but never reached): read back, changed, bad bodies answered as documented.
+#[test]
+fn live_balloon_responses_match_the_document() {
+    require_kvm();
+    let doc = doc();
+    let d = dir("balloon");
+    let (_vmm, ep) = start_vmm(
+        &d,
+        &[
+            "--balloon".into(),
+            "deflate_on_oom=on,stats_period=1,free_page_reporting=on".into(),
+        ],
+    );
+    let vm = client::vm::VmClient::new(ep.clone());
+    let b = vm.balloon().unwrap();
+    assert_eq!((b.target_mib, b.actual_mib), (0, 0), "{b:?}");
+    assert!(b.deflate_on_oom && b.free_page_reporting, "{b:?}");
+    assert_eq!(b.stats_period_secs, Some(1));
+    assert_eq!(vm.set_balloon(32).unwrap().target_mib, 32);
+    let steps: &[(&str, &str, &str, u16)] = &[
+        ("GET", "/vm/balloon", "", 200),
+        ("PUT", "/vm/balloon", "{\"target_mib\":16}", 200),
+        ("PUT", "/vm/balloon", "{\"target_mib\":65}", 400),
+        ("PUT", "/vm/balloon", "{\"target_mib\":-1}", 400),
+        ("PUT", "/vm/balloon", "{\"size\":1}", 400),
+        ("PUT", "/vm/balloon", "", 400),
+        ("PUT", "/vm/balloon", "{\"target_mib\":0}", 200),
+    ];
+    for (method, path, body, want) in steps {
+        let got = check(&doc, &ep, method, path, body);
+        assert_eq!(got, *want, "{method} {path} {body}");
+    }
+    assert_eq!(vm.balloon().unwrap().target_mib, 0);
+    let metrics = vm.metrics().unwrap();
+    assert!(
+        metrics.contains("kapsel_vm_balloon_target_bytes 0\n"),
+        "{metrics}"
+    );
 }

@@ -29,6 +29,8 @@ pub struct BuiltVm {
     pub msr_list: Vec<u32>,
     /// The disks' and network cards' rate limiters (for run-time changes).
     pub io_limits: crate::io_limits::IoLimits,
+    /// The memory balloon, if configured.
+    pub balloon: Option<crate::balloon::VmBalloon>,
 }
 
 fn open(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
@@ -150,6 +152,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
         memory.clone(),
     )?;
     let io_limits = crate::pci::add_configured_devices(&mut pci, config)?;
+    let balloon = crate::balloon::add_balloon(&mut pci, config)?;
 
     let cpus = config.cpus as u8;
     let supported = hv.supported_cpuid()?;
@@ -182,6 +185,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
         vcpus,
         msr_list: hv.msr_index_list()?,
         io_limits,
+        balloon,
     })
 }
 
@@ -242,6 +246,7 @@ pub fn restore_vm(
             vcpus,
             msr_list: hv.msr_index_list()?,
             io_limits,
+            balloon: None,
         },
         config,
     ))

@@ -27,6 +27,9 @@ pub struct VmConfig {
     /// The virtio entropy device (`--rng`).
     #[serde(default)]
     pub rng: bool,
+    /// The memory balloon (`--balloon`).
+    #[serde(default)]
+    pub balloon: Option<crate::balloon::BalloonSpec>,
 }
 
 /// The default kernel command line: serial console, reboot through the i8042, and no
@@ -133,6 +136,7 @@ mod tests {
             vsock: None,
             disks: Vec::new(),
             rng: false,
+            balloon: None,
         }
     }
 

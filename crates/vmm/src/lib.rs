@@ -7,10 +7,12 @@
 //! - [`pci`]: PCI bus 0 and the virtio-pci devices (disks from [`disk_config`], entropy).
 //! - [`restore_overrides`]: what `kapsel restore` may change for a clone (TAP, MAC, vsock, disk).
 //! - [`console`]: the host side of the serial console (stdin, raw tty mode).
+//! - [`balloon`]: the memory balloon option and its run-time target and statistics.
 //! - [`io_limits`]: the disks' and cards' rate limiters, changed at run time by the API.
 //! - [`run`]: the control loop that waits for the guest's end, signals and vCPU failures.
 
 pub mod api;
+pub mod balloon;
 pub mod builder;
 pub mod config;
 pub mod console;

@@ -250,10 +250,23 @@ fn handle_api(vmm: &mut Vmm, req: ApiRequest) -> (Response, bool) {
         ApiRequest::SetDiskLimits { id, limit } => {
             (limits_response(vmm.set_disk_limits(&id, &limit)), false)
         }
+        ApiRequest::Balloon => (balloon_response(vmm.balloon()), false),
+        ApiRequest::SetBalloon { target_mib } => {
+            (balloon_response(vmm.set_balloon(target_mib)), false)
+        }
         ApiRequest::NetLimits { id } => (limits_response(vmm.net_limits(&id)), false),
         ApiRequest::SetNetLimits { id, limits } => {
             (limits_response(vmm.set_net_limits(&id, &limits)), false)
         }
+    }
+}
+
+fn balloon_response(
+    result: Result<api::vm::BalloonInfo, crate::balloon::BalloonError>,
+) -> Response {
+    match result {
+        Ok(info) => json_response(200, &info),
+        Err(e) => error_response(e.status(), e.to_string()),
     }
 }
 

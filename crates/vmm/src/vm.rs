@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use api::vm::{IoLimit, NetLimits, SnapshotInfo, VmConfigInfo, VmCounters, VmInfo};
 use arch::GuestMemoryMmap;
 
+use crate::balloon::BalloonError;
 use crate::builder::BuiltVm;
 use crate::devices::DeviceManager;
 use crate::io_limits::IoLimitError;
@@ -74,6 +75,7 @@ pub struct Vmm {
     msr_list: Arc<Vec<u32>>,
     shutdown_deadline: Option<Instant>,
     io_limits: crate::io_limits::IoLimits,
+    balloon: Option<crate::balloon::VmBalloon>,
 }
 
 impl Vmm {
@@ -124,6 +126,7 @@ impl Vmm {
             msr_list: Arc::new(built.msr_list),
             shutdown_deadline: None,
             io_limits: built.io_limits,
+            balloon: built.balloon,
         })
     }
 
@@ -151,6 +154,19 @@ impl Vmm {
             disk.limit = crate::io_limits::to_spec(limit);
         }
         self.io_limits.disk_limits(id)
+    }
+
+    /// The balloon's target, size and the guest's latest statistics.
+    pub fn balloon(&self) -> Result<api::vm::BalloonInfo, BalloonError> {
+        Ok(self.balloon.as_ref().ok_or(BalloonError::NoBalloon)?.info())
+    }
+
+    /// Asks the guest to hand `target_mib` MiB to the balloon (0: take everything back).
+    pub fn set_balloon(&self, target_mib: u64) -> Result<api::vm::BalloonInfo, BalloonError> {
+        self.balloon
+            .as_ref()
+            .ok_or(BalloonError::NoBalloon)?
+            .set_target(target_mib, self.config.memory)
     }
 
     /// The limits of network card `id` in effect.
@@ -245,6 +261,9 @@ impl Vmm {
                 "kapsel_vm_state{{state=\"{s}\"}} {}\n",
                 u8::from(s == self.state)
             ));
+        }
+        if let Some(b) = &self.balloon {
+            b.metrics(&mut out);
         }
         out
     }

@@ -48,6 +48,11 @@ pub struct RunArgs {
     /// Add a virtio entropy device fed from the host's getrandom (off by default).
     #[arg(long)]
     pub rng: bool,
+    /// A memory balloon, resized at run time with `kapsel vm balloon`:
+    /// `[deflate_on_oom=on][,stats_period=SECS][,free_page_reporting=on]` (bare `--balloon`:
+    /// none of these).
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
+    pub balloon: Option<String>,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -118,6 +123,11 @@ fn config(args: &RunArgs) -> Result<VmConfig, vmm::config::ConfigError> {
             .map(|d| vmm::disk_config::parse_disk(d))
             .collect::<Result<_, _>>()?,
         rng: args.rng,
+        balloon: args
+            .balloon
+            .as_deref()
+            .map(vmm::balloon::parse_balloon)
+            .transpose()?,
     })
 }
 

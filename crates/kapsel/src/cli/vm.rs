@@ -1,5 +1,5 @@
 //! `kapsel vm OP --api-socket PATH`: drive a running VMM through its control API
-//! (lifecycle, snapshots, metrics, run-time I/O limits).
+//! (lifecycle, snapshots, metrics, run-time I/O limits, the memory balloon).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,13 @@ pub enum VmOp {
     },
     /// Print the VM's metrics in Prometheus text format.
     Metrics,
+    /// Show the memory balloon (target, size, guest statistics) or resize it.
+    Balloon {
+        /// New balloon size, taken from the guest: `256M`, `1G`, or a plain number of MiB
+        /// (0 gives everything back). Without it, the balloon is shown.
+        #[arg(long, value_name = "SIZE")]
+        target: Option<String>,
+    },
     /// Show or change a disk's or network card's I/O limits while the VM runs.
     Limits {
         #[command(subcommand)]
@@ -120,6 +127,14 @@ fn exec(client: &VmClient, op: VmOp) -> Result<(), ClientError> {
         VmOp::Snapshot { path } => print_json(&client.snapshot(&path.display().to_string())?),
         VmOp::Metrics => print_text(&client.metrics()?),
         VmOp::Limits { device } => limits(client, device)?,
+        VmOp::Balloon { target: None } => print_json(&client.balloon()?),
+        VmOp::Balloon { target: Some(t) } => {
+            let bytes = vmm::parse_size(&t).map_err(|e| ClientError::Status {
+                status: 400,
+                message: format!("--target: {e}"),
+            })?;
+            print_json(&client.set_balloon(bytes >> 20)?)
+        }
     }
     Ok(())
 }

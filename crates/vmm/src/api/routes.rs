@@ -1,6 +1,6 @@
 //! Request routing and validation: method + path + body → [`ApiRequest`], or a 4xx answer.
 
-use api::vm::{IoLimit, NetLimits, ShutdownRequest, SnapshotRequest};
+use api::vm::{BalloonRequest, IoLimit, NetLimits, ShutdownRequest, SnapshotRequest};
 use kapsel_http::{Request, Response};
 use serde::de::DeserializeOwned;
 
@@ -20,6 +20,8 @@ pub enum ApiRequest {
     SetDiskLimits { id: String, limit: IoLimit },
     NetLimits { id: String },
     SetNetLimits { id: String, limits: NetLimits },
+    Balloon,
+    SetBalloon { target_mib: u64 },
 }
 
 /// Default grace period of a graceful shutdown.
@@ -54,6 +56,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/vm/disks/{id}/limits", "PUT"),
     ("/vm/nets/{id}/limits", "GET"),
     ("/vm/nets/{id}/limits", "PUT"),
+    ("/vm/balloon", "GET"),
+    ("/vm/balloon", "PUT"),
 ];
 
 /// Longest device id accepted in a path.
@@ -137,6 +141,13 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
                     rx: checked_limit(l.rx, "rx ")?,
                     tx: checked_limit(l.tx, "tx ")?,
                 },
+            }
+        }
+        ("/vm/balloon", "GET") => ApiRequest::Balloon,
+        ("/vm/balloon", _) => {
+            let r: BalloonRequest = required_body(req)?;
+            ApiRequest::SetBalloon {
+                target_mib: r.target_mib,
             }
         }
         ("/vm/shutdown", _) => {
@@ -248,6 +259,18 @@ mod tests {
     }
 
     #[test]
+    fn balloon_routes() {
+        assert_eq!(
+            route(&req("GET", "/vm/balloon", "")),
+            Ok(ApiRequest::Balloon)
+        );
+        assert_eq!(
+            route(&req("PUT", "/vm/balloon", "{\"target_mib\":256}")),
+            Ok(ApiRequest::SetBalloon { target_mib: 256 })
+        );
+    }
+
+    #[test]
     fn bad_requests_get_4xx() {
         let cases = [
             (req("GET", "/nope", ""), 404),
@@ -291,6 +314,10 @@ mod tests {
                 400,
             ),
             (req("PUT", "/vm/nets/net0/limits", "{\"up\":{}}"), 400),
+            (req("POST", "/vm/balloon", ""), 405),
+            (req("PUT", "/vm/balloon", ""), 400),
+            (req("PUT", "/vm/balloon", "{\"target_mib\":-1}"), 400),
+            (req("PUT", "/vm/balloon", "{\"target\":1}"), 400),
         ];
         for (r, status) in cases {
             let resp = route(&r).unwrap_err();

@@ -8,7 +8,8 @@
 //!
 //! Buffers in the wrong direction, PFNs outside guest memory and partial entries are
 //! skipped (logged, rate limited) and the chain is still completed, so the driver never
-//! waits on the device.
+//! waits on the device. A ring the driver corrupted stops the whole device and asks for
+//! NEEDS_RESET ([`crate::queue_fault`]).
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::Bytes;
 
 use crate::device::{Interrupt, InterruptKind};
+use crate::queue_fault::{pop_chain, QueueFault};
 
 use super::control::BalloonControl;
 use super::pages::{self, Range};
@@ -39,7 +41,6 @@ struct Served {
     role: QueueRole,
     index: u16,
     queue: Queue,
-    broken: bool,
 }
 
 /// The balloon's queues on its worker thread.
@@ -50,6 +51,8 @@ pub struct Queues {
     control: BalloonControl,
     /// The stats buffer the device holds until it wants fresh numbers.
     stats_head: Option<u16>,
+    /// A ring was corrupted: nothing is served until the driver resets the device.
+    broken: bool,
 }
 
 type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
@@ -88,38 +91,38 @@ impl Queues {
             interrupt,
             queues: queues
                 .into_iter()
-                .map(|(role, index, queue)| Served {
-                    role,
-                    index,
-                    queue,
-                    broken: false,
-                })
+                .map(|(role, index, queue)| Served { role, index, queue })
                 .collect(),
             control,
             stats_head: None,
+            broken: false,
         }
     }
 
     /// Serves the `i`th served queue after a kick.
     pub fn kick(&mut self, i: usize) {
+        if self.broken {
+            return;
+        }
         let Some(q) = self.queues.get(i) else {
             return;
         };
-        if q.broken {
-            return;
+        let (role, index) = (q.role, q.index);
+        if let Err(fault) = self.serve(i, role) {
+            self.fail(index, &fault);
         }
-        let role = q.role;
-        if !self.serve(i, role) {
-            crate::warn_limited!(
-                ?role,
-                "virtio-balloon: queue is broken; the device stops serving it"
-            );
-            self.queues[i].broken = true;
-        }
+    }
+
+    fn fail(&mut self, index: u16, fault: &QueueFault) {
+        crate::queue_fault::report("virtio-balloon", index, fault, self.interrupt.as_ref());
+        self.broken = true;
     }
 
     /// Hands the held statistics buffer back so the driver refills it.
     pub fn request_stats(&mut self) {
+        if self.broken {
+            return;
+        }
         let Some(head) = self.stats_head.take() else {
             return;
         };
@@ -127,11 +130,9 @@ impl Queues {
             return;
         };
         let q = &mut self.queues[i];
-        if q.broken {
-            return;
-        }
         if q.queue.add_used(&self.mem, head, 0).is_err() {
-            q.broken = true;
+            let index = q.index;
+            self.fail(index, &QueueFault::UsedRing);
             return;
         }
         if q.queue.needs_notification(&self.mem).unwrap_or(true) {
@@ -139,16 +140,30 @@ impl Queues {
         }
     }
 
-    /// Pops and handles every available chain of queue `i`; false if the ring is broken.
-    fn serve(&mut self, i: usize, role: QueueRole) -> bool {
+    /// Pops and handles every available chain of queue `i`.
+    fn serve(&mut self, i: usize, role: QueueRole) -> Result<(), QueueFault> {
         let mem = self.mem.clone();
         let mut used_any = false;
+        let result = self.drain(i, role, &mem, &mut used_any);
+        let q = &mut self.queues[i];
+        if used_any && q.queue.needs_notification(&mem).unwrap_or(true) {
+            let _ = self.interrupt.trigger(InterruptKind::Queue(q.index));
+        }
+        result
+    }
+
+    fn drain(
+        &mut self,
+        i: usize,
+        role: QueueRole,
+        mem: &GuestMemoryMmap,
+        used_any: &mut bool,
+    ) -> Result<(), QueueFault> {
         loop {
-            let q = &mut self.queues[i].queue;
-            if q.disable_notification(&mem).is_err() {
-                return false;
+            if self.queues[i].queue.disable_notification(mem).is_err() {
+                return Err(QueueFault::UsedRing);
             }
-            while let Some(chain) = self.queues[i].queue.pop_descriptor_chain(&mem) {
+            while let Some(chain) = pop_chain(&mut self.queues[i].queue, mem)? {
                 let head = chain.head_index();
                 match role {
                     QueueRole::Inflate | QueueRole::Deflate => {
@@ -159,30 +174,25 @@ impl Queues {
                         self.stats(chain);
                         // hold the newest buffer; an older one goes back at once
                         if let Some(old) = self.stats_head.replace(head) {
-                            if self.queues[i].queue.add_used(&mem, old, 0).is_err() {
-                                return false;
+                            if self.queues[i].queue.add_used(mem, old, 0).is_err() {
+                                return Err(QueueFault::UsedRing);
                             }
-                            used_any = true;
+                            *used_any = true;
                         }
                         continue;
                     }
                 }
-                if self.queues[i].queue.add_used(&mem, head, 0).is_err() {
-                    return false;
+                if self.queues[i].queue.add_used(mem, head, 0).is_err() {
+                    return Err(QueueFault::UsedRing);
                 }
-                used_any = true;
+                *used_any = true;
             }
-            match self.queues[i].queue.enable_notification(&mem) {
+            match self.queues[i].queue.enable_notification(mem) {
                 Ok(true) => continue,
-                Ok(false) => break,
-                Err(_) => return false,
+                Ok(false) => return Ok(()),
+                Err(_) => return Err(QueueFault::UsedRing),
             }
         }
-        let q = &mut self.queues[i];
-        if used_any && q.queue.needs_notification(&mem).unwrap_or(true) {
-            let _ = self.interrupt.trigger(InterruptKind::Queue(q.index));
-        }
-        true
     }
 
     fn pfns(&self, chain: Chain<'_>, inflate: bool) {
@@ -438,5 +448,28 @@ mod tests {
         let s = control.status();
         assert_eq!(s.reported_bytes, 0x20_0000);
         assert_eq!(s.bad_pages, (0x1000 + 0x1000 + 0x2000) / 4096);
+    }
+
+    #[test]
+    fn a_corrupt_avail_index_stops_the_device_and_asks_for_a_reset() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        vq.add_desc_chains(&[d(0x8000, 4, 0)], 0).unwrap();
+        vq.avail().idx().store(100);
+        let q: Queue = vq.create_queue().unwrap();
+        let irqs = Arc::new(Irqs::default());
+        let control = BalloonControl::default();
+        let mut queues = Queues::new(
+            mem.clone(),
+            irqs.clone(),
+            vec![(QueueRole::Inflate, 0, q)],
+            control.clone(),
+        );
+        queues.kick(0);
+        queues.kick(0);
+        queues.request_stats();
+        assert_eq!(*irqs.0.lock().unwrap(), [InterruptKind::Config]);
+        assert_eq!(vq.used().idx().load(), 0);
+        assert_eq!(control.status().inflated_bytes, 0);
     }
 }

@@ -227,6 +227,7 @@ pub fn restore_vm(
         memory.clone(),
     )?;
     let io_limits = crate::pci::add_configured_devices(&mut pci, &config)?;
+    let balloon = crate::balloon::add_balloon(&mut pci, &config)?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (id, saved) in state.vcpus.iter().enumerate() {
         let vcpu = vm.create_vcpu(id as u8)?;
@@ -246,7 +247,7 @@ pub fn restore_vm(
             vcpus,
             msr_list: hv.msr_index_list()?,
             io_limits,
-            balloon: None,
+            balloon,
         },
         config,
     ))

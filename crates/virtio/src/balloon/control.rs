@@ -107,6 +107,13 @@ impl BalloonControl {
         self.lock().actual_pages = pages;
     }
 
+    /// Target and actual size from a snapshot (the restored driver already knows them).
+    pub(super) fn restore(&self, target_pages: u32, actual_pages: u32) {
+        let mut s = self.lock();
+        s.target_pages = target_pages;
+        s.actual_pages = actual_pages;
+    }
+
     pub(super) fn set_interrupt(&self, interrupt: Option<Arc<dyn Interrupt>>) {
         self.lock().interrupt = interrupt;
     }

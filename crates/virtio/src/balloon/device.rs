@@ -8,7 +8,9 @@ use std::time::Duration;
 use arch::GuestMemoryMmap;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::device::{ActivateError, Interrupt, QueueHandle, VirtioDevice};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device::{ActivateError, DeviceState, Interrupt, QueueHandle, StateError, VirtioDevice};
 use crate::worker::{Worker, WorkerEvent};
 
 use super::control::BalloonControl;
@@ -41,7 +43,18 @@ pub struct Balloon {
     queue_sizes: Vec<u16>,
     acked: u64,
     control: BalloonControl,
-    worker: Option<Worker>,
+    worker: Option<Worker<Running>>,
+    /// What a worker paused for a snapshot owned.
+    paused: Option<Running>,
+    /// The statistics buffer a restored device holds (from the snapshot).
+    restored_stats_head: Option<u16>,
+}
+
+/// What the worker owns.
+struct Running {
+    queues: Queues,
+    kicks: Vec<EventFd>,
+    timer: Option<TimerFd>,
 }
 
 impl Balloon {
@@ -57,7 +70,37 @@ impl Balloon {
             acked: 0,
             control,
             worker: None,
+            paused: None,
+            restored_stats_head: None,
         }
+    }
+
+    fn start(&mut self, r: Running) -> Result<(), ActivateError> {
+        let kicks = r
+            .kicks
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ActivateError::Worker)?;
+        let extra = r.timer.iter().map(AsRawFd::as_raw_fd).collect();
+        let worker = Worker::spawn_with(
+            format!("{}-balloon", self.id),
+            kicks,
+            extra,
+            r,
+            |r, ev| match ev {
+                WorkerEvent::Kick(i) => r.queues.kick(i),
+                WorkerEvent::Fd(_) => {
+                    if let Some(t) = r.timer.as_mut() {
+                        let _ = t.wait();
+                    }
+                    r.queues.request_stats();
+                }
+            },
+        )
+        .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
     }
 
     /// The role of each queue index under the negotiated features: queues exist only for
@@ -165,32 +208,22 @@ impl VirtioDevice for Balloon {
             .config
             .stats_period
             .filter(|_| served.iter().any(|(r, _, _)| *r == QueueRole::Stats));
-        let mut timer = None;
-        let mut extra = Vec::new();
-        if let Some(p) = period {
-            let mut t = TimerFd::new().map_err(|e| ActivateError::Worker(e.into()))?;
-            t.reset(p, Some(p))
-                .map_err(|e| ActivateError::Worker(e.into()))?;
-            extra.push(t.as_raw_fd());
-            timer = Some(t);
-        }
-        let mut state = Queues::new(mem, Arc::clone(&interrupt), served, self.control.clone());
-        let worker = Worker::spawn(
-            format!("{}-balloon", self.id),
+        let timer = match period {
+            Some(p) => {
+                let mut t = TimerFd::new().map_err(|e| ActivateError::Worker(e.into()))?;
+                t.reset(p, Some(p))
+                    .map_err(|e| ActivateError::Worker(e.into()))?;
+                Some(t)
+            }
+            None => None,
+        };
+        let mut queues = Queues::new(mem, Arc::clone(&interrupt), served, self.control.clone());
+        queues.hold_stats_head(self.restored_stats_head.take());
+        self.start(Running {
+            queues,
             kicks,
-            extra,
-            move |ev| match ev {
-                WorkerEvent::Kick(i) => state.kick(i),
-                WorkerEvent::Fd(_) => {
-                    if let Some(t) = timer.as_mut() {
-                        let _ = t.wait();
-                    }
-                    state.request_stats();
-                }
-            },
-        )
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
+            timer,
+        })?;
         self.control.set_interrupt(Some(interrupt));
         Ok(())
     }
@@ -199,10 +232,66 @@ impl VirtioDevice for Balloon {
         if let Some(w) = self.worker.take() {
             w.stop();
         }
+        self.paused = None;
+        self.restored_stats_head = None;
         self.control.set_interrupt(None);
         self.control.set_actual(0);
         self.acked = 0;
         true
+    }
+
+    /// Saves the negotiated features, the configuration space (target and actual) and,
+    /// after it, the statistics buffer the device holds (2 bytes, if any): the driver does not
+    /// send that buffer again.
+    fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
+        if let Some(w) = self.worker.take() {
+            self.paused = Some(w.stop().ok_or(StateError::WorkerLost)?);
+        }
+        let mut config = self.config_bytes().to_vec();
+        let mut queues = Vec::new();
+        if let Some(r) = &self.paused {
+            queues = r.queues.progress();
+            if let Some(head) = r.queues.stats_head() {
+                config.extend_from_slice(&head.to_le_bytes());
+            }
+        }
+        Ok(DeviceState {
+            device_type: TYPE_BALLOON,
+            acked_features: self.acked,
+            config,
+            queues,
+        })
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        match self.paused.take() {
+            Some(r) => self.start(r).map_err(StateError::Resume),
+            None => Ok(()),
+        }
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        state.check(TYPE_BALLOON, self.features())?;
+        let c = &state.config;
+        let held = match c.len() {
+            CONFIG_SIZE => None,
+            n if n == CONFIG_SIZE + 2 => {
+                Some(u16::from_le_bytes([c[CONFIG_SIZE], c[CONFIG_SIZE + 1]]))
+            }
+            n => {
+                return Err(StateError::Mismatch(format!(
+                    "balloon state holds {n} configuration bytes, expected {CONFIG_SIZE} or {}",
+                    CONFIG_SIZE + 2
+                )))
+            }
+        };
+        self.acked = state.acked_features;
+        self.control.restore(
+            u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+        );
+        self.restored_stats_head = held;
+        Ok(())
     }
 }
 
@@ -253,5 +342,76 @@ mod tests {
         b.read_config(u64::MAX - 2, &mut big);
         assert_eq!(big, [0u8; 64]);
         assert_eq!(control.status().actual_pages, 0x0100_0010);
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_sizes_and_the_held_stats_buffer() {
+        use std::sync::Mutex;
+        use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{Bytes, GuestAddress};
+        use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+        #[derive(Default)]
+        struct Irqs(Mutex<Vec<crate::InterruptKind>>);
+        impl Interrupt for Irqs {
+            fn trigger(&self, kind: crate::InterruptKind) -> std::io::Result<()> {
+                self.0.lock().unwrap().push(kind);
+                Ok(())
+            }
+        }
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let vqs: Vec<MockSplitQueue<GuestMemoryMmap>> = (0..3)
+            .map(|i| MockSplitQueue::create(&mem, GuestAddress(i * 0x4000), 16))
+            .collect();
+        // the driver's first statistics buffer: total memory
+        let mut entry = 5u16.to_le_bytes().to_vec();
+        entry.extend((64u64 << 20).to_le_bytes());
+        mem.write_slice(&entry, GuestAddress(0x20000)).unwrap();
+        let desc = RawDescriptor::from(SplitDescriptor::new(0x20000, 10, 0, 0));
+        vqs[2].add_desc_chains(&[desc], 0).unwrap();
+        let (mut b, control) = balloon(BalloonConfig {
+            stats_period: Some(Duration::from_secs(3600)),
+            ..BalloonConfig::default()
+        });
+        b.ack_features(VIRTIO_F_VERSION_1 | F_STATS_VQ);
+        let handles = vqs
+            .iter()
+            .enumerate()
+            .map(|(i, vq)| QueueHandle {
+                index: i as u16,
+                queue: vq.create_queue().unwrap(),
+                kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            })
+            .collect();
+        b.activate(mem.clone(), Arc::new(Irqs::default()), handles)
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while control.status().stats.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        control.set_target(100);
+        b.write_config(4, &60u32.to_le_bytes());
+        let st = b.pause_and_save().unwrap();
+        assert_eq!(st.config.len(), CONFIG_SIZE + 2, "held stats buffer saved");
+        assert_eq!(st.queues.len(), 3);
+        assert_eq!((st.queues[2].next_avail, st.queues[2].next_used), (1, 0));
+        b.resume().unwrap();
+
+        let (mut fresh, fresh_control) = balloon(BalloonConfig {
+            stats_period: Some(Duration::from_secs(3600)),
+            ..BalloonConfig::default()
+        });
+        fresh.restore_state(&st).unwrap();
+        let s = fresh_control.status();
+        assert_eq!((s.target_pages, s.actual_pages), (100, 60));
+        assert_eq!(fresh.restored_stats_head, Some(0));
+        // a state with a foreign feature or a cut configuration is refused
+        let (mut plain, _) = balloon(BalloonConfig::default());
+        assert!(plain.restore_state(&st).is_err());
+        let mut cut = st;
+        cut.config.truncate(3);
+        assert!(fresh.restore_state(&cut).is_err());
+        assert!(b.reset());
     }
 }

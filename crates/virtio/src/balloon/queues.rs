@@ -17,7 +17,7 @@ use arch::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::Bytes;
 
-use crate::device::{Interrupt, InterruptKind};
+use crate::device::{Interrupt, InterruptKind, QueueProgress};
 use crate::queue_fault::{pop_chain, QueueFault};
 
 use super::control::BalloonControl;
@@ -97,6 +97,25 @@ impl Queues {
             stats_head: None,
             broken: false,
         }
+    }
+
+    /// Where each queue stands, for a snapshot.
+    pub fn progress(&self) -> Vec<QueueProgress> {
+        self.queues
+            .iter()
+            .map(|q| QueueProgress::of(q.index, &q.queue))
+            .collect()
+    }
+
+    /// The statistics buffer the device holds (saved by a snapshot: the driver will not
+    /// send it again).
+    pub fn stats_head(&self) -> Option<u16> {
+        self.stats_head
+    }
+
+    /// Holds `head` as the statistics buffer (after a restore).
+    pub fn hold_stats_head(&mut self, head: Option<u16>) {
+        self.stats_head = head;
     }
 
     /// Serves the `i`th served queue after a kick.

@@ -23,11 +23,15 @@ pub struct ListArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Snapshot a running or paused instance (paused for it, resumed after).
+    /// Snapshot an instance: a running or paused VM (paused for it, resumed after), or a
+    /// container's writable layer (copied while it is frozen).
     Create(SnapArgs),
+    /// List an instance's snapshots.
     List(ListArgs),
-    /// Restore an instance from a snapshot (not supported through the daemon yet).
+    /// Restore a stopped container's files from a snapshot (VMs: not through the daemon
+    /// yet).
     Restore(SnapArgs),
+    /// Delete a snapshot.
     Delete(SnapArgs),
 }
 

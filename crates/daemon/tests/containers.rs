@@ -3,7 +3,9 @@
 //! stop/start keeping the writable layer, pause/resume, live limits, snapshots of the upper
 //! directory, a killed monitor restarted per policy, a killed daemon leaving containers
 //! running and re-attaching, and an httpd in one container reached from another over the
-//! bridge (the daemon in its own network namespace).
+//! bridge from another container, from the bridge's side and from a DHCP-configured stand-in
+//! for a VM on the same bridge, which the container reaches in turn (the daemon in its own
+//! network namespace).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -409,10 +411,128 @@ fn httpd_in_a_container_is_reachable_over_the_bridge() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A stand-in for a VM: a namespace on the same bridge through a veth (as a VM's TAP),
+    // configured by the daemon's dnsmasq over DHCP. It reaches the container's httpd, and the
+    // container reaches an httpd on it.
+    let vm = FakeVm::new(&d, &busybox);
+    let out = vm.run(&["wget", "-qO-", &format!("http://{ip}/")]);
+    assert_eq!(out, "hello-from-web\n");
+    let r = exec(
+        &d,
+        "cli",
+        &format!(
+            "for i in $(seq 50); do wget -qO- http://{}:8080/ && exit 0; sleep 0.1; done; exit 1",
+            vm.ip
+        ),
+    );
+    assert_eq!(
+        (r.exit_code, r.stdout.as_str()),
+        (0, "hello-from-vm\n"),
+        "{r:?}"
+    );
+    drop(vm);
+
     for n in ["web", "cli"] {
         c.delete(n, true).unwrap();
     }
     c.delete_network("ct").unwrap();
+}
+
+/// A network namespace with a veth into the `ct` network's bridge, its address from DHCP,
+/// serving `hello-from-vm` on port 8080. Removed on drop.
+struct FakeVm {
+    ns: String,
+    busybox: PathBuf,
+    ip: String,
+    httpd: std::process::Child,
+    _www: tempfile::TempDir,
+}
+
+impl FakeVm {
+    fn new(d: &TestDaemon, busybox: &Path) -> Self {
+        let ns = format!("kapsel-ctvm{}", std::process::id());
+        let sh = |cmd: &str| {
+            let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let in_daemon = format!("nsenter -t {} -n", d.daemon_pid());
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        sh(&format!("ip netns add {ns}"));
+        let www = tempfile::tempdir().unwrap();
+        std::fs::write(www.path().join("index.html"), "hello-from-vm\n").unwrap();
+        let script = www.path().join("udhcpc.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\"\nexit 0\n",
+        )
+        .unwrap();
+        sh(&format!("chmod +x {}", script.display()));
+        let bb = busybox.display();
+        sh(&format!(
+            "{in_daemon} ip link add kapsel-vmh type veth peer name kapsel-vmg"
+        ));
+        sh(&format!("{in_daemon} ip link set kapsel-vmg netns {ns}"));
+        sh(&format!(
+            "{in_daemon} ip link set kapsel-vmh master kapsel-ct up"
+        ));
+        sh(&format!("ip netns exec {ns} ip link set kapsel-vmg up"));
+        sh(&format!(
+            "ip netns exec {ns} {bb} udhcpc -i kapsel-vmg -n -q -t 10 -T 1 -s {}",
+            script.display()
+        ));
+        let a = sh(&format!("ip netns exec {ns} ip -4 -o addr show kapsel-vmg"));
+        let ip = a
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|w| w.split('/').next())
+            .unwrap_or_else(|| panic!("no DHCP address: {a}"))
+            .to_string();
+        assert!(ip.starts_with("10.78.0."), "{a}");
+        let httpd = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(busybox)
+            .args(["httpd", "-f", "-p", "8080", "-h"])
+            .arg(www.path())
+            .spawn()
+            .unwrap();
+        FakeVm {
+            ns,
+            busybox: busybox.to_path_buf(),
+            ip,
+            httpd,
+            _www: www,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.busybox)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for FakeVm {
+    fn drop(&mut self) {
+        let _ = self.httpd.kill();
+        let _ = self.httpd.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
 }
 
 fn kapsel(d: &TestDaemon, args: &[&str]) -> (i32, String, String) {

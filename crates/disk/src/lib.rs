@@ -127,6 +127,26 @@ impl DiskError {
     }
 }
 
+/// Opens an image file, refusing anything but a regular file. `O_NONBLOCK` keeps a FIFO
+/// named by a hostile backing-file name from blocking the open (it has no effect on
+/// regular files).
+pub(crate) fn open_file(path: &Path, write: bool) -> Result<File, DiskError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| DiskError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| DiskError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(DiskError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(file)
+}
+
 /// The qcow2 magic, "QFI\xfb".
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
@@ -134,7 +154,7 @@ pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 /// guest's disk).
 pub fn probe(path: &Path) -> Result<Format, DiskError> {
     use std::os::unix::fs::FileExt;
-    let file = File::open(path).map_err(|e| DiskError::io(path, e))?;
+    let file = open_file(path, false)?;
     let mut magic = [0u8; 4];
     match file.read_exact_at(&mut magic, 0) {
         Ok(()) if magic == QCOW2_MAGIC => Ok(Format::Qcow2),

@@ -1,7 +1,7 @@
 //! A raw image: the file is the disk, byte for byte. Flush is `fdatasync`; discard and
 //! write-zeroes use `fallocate` where the filesystem can, zero writes where it cannot.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -18,17 +18,8 @@ pub struct RawImage {
 
 impl RawImage {
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|e| DiskError::io(path, e))?;
-        Self::from_file(file, read_only).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidInput => DiskError::NotAFile {
-                path: path.to_path_buf(),
-            },
-            _ => DiskError::io(path, e),
-        })
+        let file = crate::open_file(path, !read_only)?;
+        Self::from_file(file, read_only).map_err(|e| DiskError::io(path, e))
     }
 
     /// Serves an open file; its length is the disk's size.

@@ -1,4 +1,9 @@
-//! The `--disk` option: `path=FILE[,readonly=on|off][,id=NAME]`, repeatable.
+//! The `--disk` option: `path=FILE[,format=raw|qcow2][,readonly=on|off][,id=NAME]`,
+//! repeatable.
+//!
+//! Without `format=` a disk is raw, and a file that starts with a qcow2 header is refused
+//! rather than guessed at: a guest can write such a header into its raw disk, and a host
+//! that then read it as qcow2 would follow its backing-file name to any host file.
 //!
 //! The id names the disk (and is its GET_ID serial); it defaults to `disk0`, `disk1`, … in
 //! command-line order. The rate-limit keys of `--net` (`bw=`, `iops=`, …) are added here when
@@ -11,6 +16,9 @@ use std::path::PathBuf;
 pub struct DiskConfig {
     pub path: PathBuf,
     pub read_only: bool,
+    /// Image format as the user said it; `None`: raw, refusing qcow2-looking files.
+    #[serde(default)]
+    pub format: Option<disk::Format>,
     /// Name and serial; `None` gets `diskN`.
     pub id: Option<String>,
     /// I/O limits (`bw=`, `iops=`, `bw_burst=`, `iops_burst=`).
@@ -23,13 +31,16 @@ pub enum DiskOptionError {
     #[error("--disk: expected KEY=VALUE, got '{0}'")]
     NotKeyValue(String),
     #[error(
-        "--disk: unknown key '{0}' (known: path, readonly, id, bw, iops, bw_burst, iops_burst)"
+        "--disk: unknown key '{0}' (known: path, format, readonly, id, bw, iops, bw_burst, \
+         iops_burst)"
     )]
     UnknownKey(String),
     #[error("--disk: '{0}' given twice")]
     Duplicate(String),
     #[error("--disk: missing 'path='")]
     MissingPath,
+    #[error("--disk: format must be raw or qcow2, got '{0}'")]
+    BadFormat(String),
     #[error("--disk: readonly must be on or off, got '{0}'")]
     BadReadOnly(String),
     #[error("--disk: id '{0}' must be 1 to 20 characters of A-Z, a-z, 0-9, '-', '_' or '.'")]
@@ -51,6 +62,7 @@ fn valid_id(id: &str) -> bool {
 pub fn parse_disk(s: &str) -> Result<DiskConfig, DiskOptionError> {
     let mut path = None;
     let mut read_only = None;
+    let mut format = None;
     let mut id = None;
     let mut limit = crate::net_config::LimitSpec::default();
     for item in s.split(',') {
@@ -59,6 +71,12 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, DiskOptionError> {
             .ok_or_else(|| DiskOptionError::NotKeyValue(item.to_string()))?;
         let slot_taken = match k {
             "path" => path.replace(PathBuf::from(v)).is_some(),
+            "format" => {
+                let f = v
+                    .parse::<disk::Format>()
+                    .map_err(|_| DiskOptionError::BadFormat(v.to_string()))?;
+                format.replace(f).is_some()
+            }
             "readonly" | "ro" => {
                 let ro = match v {
                     "on" | "true" | "yes" | "1" => true,
@@ -92,6 +110,7 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, DiskOptionError> {
     Ok(DiskConfig {
         path,
         read_only: read_only.unwrap_or(false),
+        format,
         id,
         limit,
     })
@@ -121,15 +140,17 @@ mod tests {
             Ok(DiskConfig {
                 path: "/a/b.img".into(),
                 read_only: false,
+                format: None,
                 id: None,
                 limit: Default::default(),
             })
         );
         assert_eq!(
-            parse_disk("path=x,readonly=on,id=root-1"),
+            parse_disk("path=x,readonly=on,id=root-1,format=qcow2"),
             Ok(DiskConfig {
                 path: "x".into(),
                 read_only: true,
+                format: Some(disk::Format::Qcow2),
                 id: Some("root-1".into()),
                 limit: Default::default(),
             })
@@ -149,6 +170,14 @@ mod tests {
             Err(BadReadOnly("maybe".into()))
         );
         assert_eq!(parse_disk("path=a,size=1G"), Err(UnknownKey("size".into())));
+        assert_eq!(
+            parse_disk("path=a,format=vmdk"),
+            Err(BadFormat("vmdk".into()))
+        );
+        assert_eq!(
+            parse_disk("path=a,format=raw,format=raw"),
+            Err(Duplicate("format".into()))
+        );
         assert_eq!(
             parse_disk("path=a,id=has space"),
             Err(BadId("has space".into()))

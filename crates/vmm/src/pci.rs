@@ -190,6 +190,7 @@ pub fn add_configured_devices(
                 path: disk.path.clone(),
                 read_only: disk.read_only,
                 serial: id.clone(),
+                format: disk.format,
             },
         )
         .map_err(VmmError::Disk)?;

@@ -23,7 +23,7 @@
 pub mod header;
 mod metadata;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ fn header_of(file: &File, path: &Path, file_len: u64) -> Result<Header, DiskErro
 
 /// The header of the qcow2 image at `path` (for describing it; opening checks more).
 pub fn read_header(path: &Path) -> Result<Header, DiskError> {
-    let file = File::open(path).map_err(|e| DiskError::io(path, e))?;
+    let file = crate::open_file(path, false)?;
     let len = file.metadata().map_err(|e| DiskError::io(path, e))?.len();
     header_of(&file, path, len)
 }
@@ -116,18 +116,8 @@ impl Qcow2Image {
             path: path.to_path_buf(),
             what,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(io_err)?;
-        let meta = file.metadata().map_err(io_err)?;
-        if !meta.is_file() {
-            return Err(DiskError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
-        let file_len = meta.len();
+        let file = crate::open_file(path, !read_only)?;
+        let file_len = file.metadata().map_err(io_err)?.len();
         let h = header_of(&file, path, file_len)?;
 
         if h.crypt_method != 0 {

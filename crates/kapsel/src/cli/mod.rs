@@ -28,6 +28,8 @@ pub enum Command {
     Oci(oci::OciArgs),
     /// Containers without the daemon: `container run` in the foreground.
     Container(self::container::ContainerArgs),
+    /// Disk images: `disk create` (raw, qcow2, copy-on-write overlays), `disk info`.
+    Disk(disk::DiskArgs),
     /// Run the host daemon in the foreground: owns every guest, REST API on a UNIX socket.
     Daemon(daemon::DaemonArgs),
     #[command(flatten)]
@@ -39,6 +41,7 @@ pub enum Command {
 
 mod container;
 mod daemon;
+mod disk;
 mod instance;
 mod oci;
 mod restore;
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Vm(args) => vm::run(args),
         Command::Oci(args) => oci::run(args),
         Command::Container(args) => self::container::run(args),
+        Command::Disk(args) => self::disk::run(args),
         Command::Daemon(args) => daemon::run(args),
         Command::Instance(cmd) => instance::run(cmd),
         Command::ContainerMonitor(args) => daemon::monitor(args),

@@ -41,8 +41,10 @@ pub struct RunArgs {
     /// guest-initiated to port P: PATH_P).
     #[arg(long, value_name = "OPTIONS")]
     pub vsock: Option<String>,
-    /// A virtio-blk disk on a raw image file (repeatable; the first is /dev/vda):
-    /// `path=FILE[,readonly=on][,id=NAME]` (id: also the disk's serial; default diskN).
+    /// A virtio-blk disk (repeatable; the first is /dev/vda):
+    /// `path=FILE[,format=raw|qcow2][,readonly=on][,id=NAME]` (id: also the disk's serial;
+    /// default diskN). Without format= the file is raw, and one that starts with a qcow2
+    /// header is refused rather than guessed (a guest can write one into a raw disk).
     #[arg(long = "disk", value_name = "OPTIONS")]
     pub disks: Vec<String>,
     /// Add a virtio entropy device fed from the host's getrandom (off by default).

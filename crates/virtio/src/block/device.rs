@@ -36,6 +36,9 @@ pub struct BlockConfig {
     pub read_only: bool,
     /// Serial number for GET_ID (at most 20 bytes are used).
     pub serial: String,
+    /// Image format; `None` means raw, refusing files that start with a qcow2 header (see
+    /// [`disk::check_unstated_format`]).
+    pub format: Option<disk::Format>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +47,7 @@ pub enum BlockError {
     Open {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: disk::DiskError,
     },
     #[error("disk image {0} is smaller than one 512-byte sector")]
     Empty(PathBuf),
@@ -94,11 +97,18 @@ fn build_config(sectors: u64) -> [u8; CONFIG_LEN] {
 
 impl Block {
     pub fn new(id: &str, cfg: &BlockConfig) -> Result<Self, BlockError> {
-        let disk = DiskFile::open(&cfg.path, cfg.read_only).map_err(|source| BlockError::Open {
+        let open = || {
+            let format = match cfg.format {
+                Some(f) => f,
+                None => disk::check_unstated_format(&cfg.path)?,
+            };
+            disk::open(&cfg.path, format, cfg.read_only)
+        };
+        let image = open().map_err(|source| BlockError::Open {
             path: cfg.path.clone(),
             source,
         })?;
-        Self::with_disk(id, disk, &cfg.serial, &cfg.path)
+        Self::with_disk(id, DiskFile::from_image(image), &cfg.serial, &cfg.path)
     }
 
     fn with_disk(id: &str, disk: DiskFile, serial: &str, path: &Path) -> Result<Self, BlockError> {
@@ -286,6 +296,7 @@ mod tests {
             path: path.clone(),
             read_only: true,
             serial: "x".repeat(40),
+            format: None,
         };
         let mut b = Block::new("vda", &cfg).unwrap();
         std::fs::remove_file(&path).unwrap();
@@ -319,6 +330,7 @@ mod tests {
                     path: path.to_path_buf(),
                     read_only,
                     serial: "vda".into(),
+                    format: None,
                 },
             )
             .unwrap()
@@ -359,6 +371,7 @@ mod tests {
             path: "/nonexistent/disk.img".into(),
             read_only: false,
             serial: String::new(),
+            format: Some(disk::Format::Raw),
         };
         assert!(matches!(
             Block::new("vda", &cfg),

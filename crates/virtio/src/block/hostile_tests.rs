@@ -126,6 +126,7 @@ fn config_space_accesses_are_bounded() {
             path: path.clone(),
             read_only: false,
             serial: "s".into(),
+            format: None,
         },
     )
     .expect("block");

@@ -1,21 +1,25 @@
-//! The disk image: a raw file, read and written at request offsets straight from/into guest
-//! memory (no bounce buffer), flushed with `fdatasync`, discarded with `fallocate`.
+//! The disk image behind the device: any [`disk::DiskImage`]. A raw file is read and written
+//! at request offsets straight from/into guest memory (no bounce buffer); other formats
+//! (qcow2) go through a bounded bounce buffer and the image's own `read_at`/`write_at`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use arch::GuestMemoryMmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use disk::DiskImage;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::request::{Segment, WRITE_ZEROES_UNMAP};
 use super::{SECTOR_SHIFT, SECTOR_SIZE};
 
+/// Largest bounce buffer for images that are not raw files (qcow2).
+const BOUNCE_BYTES: usize = 1 << 20;
+
 #[derive(Debug)]
 pub struct DiskFile {
-    file: File,
-    read_only: bool,
+    image: Box<dyn DiskImage>,
     sectors: u64,
 }
 
@@ -26,31 +30,36 @@ enum Dir {
     GuestToFile,
 }
 
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// A segment's byte range.
+fn byte_range(s: &Segment) -> io::Result<(u64, u64)> {
+    let offset = s.sector.checked_mul(SECTOR_SIZE).ok_or_else(einval)?;
+    Ok((offset, u64::from(s.sectors) * SECTOR_SIZE))
+}
+
 impl DiskFile {
-    /// Opens `path` (read-only when asked); its size, rounded down to whole sectors, is the
-    /// disk's capacity.
+    /// Opens `path` as a raw image (read-only when asked); its size, rounded down to whole
+    /// sectors, is the disk's capacity.
     pub fn open(path: &Path, read_only: bool) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(io::Error::other(
-                "not a regular file (raw image files only)",
-            ));
-        }
-        Ok(DiskFile {
-            file,
-            read_only,
-            sectors: meta.len() >> SECTOR_SHIFT,
-        })
+        let image = disk::raw::RawImage::open(path, read_only).map_err(|e| match e {
+            disk::DiskError::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        })?;
+        Ok(Self::from_image(Box::new(image)))
     }
 
     pub fn from_file(file: File, read_only: bool) -> io::Result<Self> {
-        let sectors = file.metadata()?.len() >> SECTOR_SHIFT;
-        Ok(DiskFile {
-            file,
-            read_only,
-            sectors,
-        })
+        let image = disk::raw::RawImage::from_file(file, read_only)?;
+        Ok(Self::from_image(Box::new(image)))
+    }
+
+    /// Serves any disk image (raw or qcow2).
+    pub fn from_image(image: Box<dyn DiskImage>) -> Self {
+        let sectors = image.size() >> SECTOR_SHIFT;
+        DiskFile { image, sectors }
     }
 
     pub fn sectors(&self) -> u64 {
@@ -58,7 +67,7 @@ impl DiskFile {
     }
 
     pub fn read_only(&self) -> bool {
-        self.read_only
+        self.image.read_only()
     }
 
     /// Reads sectors starting at `sector` into the guest buffers `bufs`.
@@ -78,7 +87,7 @@ impl DiskFile {
         sector: u64,
         bufs: &[(GuestAddress, u32)],
     ) -> io::Result<()> {
-        if self.read_only {
+        if self.read_only() {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         self.transfer(mem, sector, bufs, Dir::GuestToFile)
@@ -91,137 +100,137 @@ impl DiskFile {
         bufs: &[(GuestAddress, u32)],
         dir: Dir,
     ) -> io::Result<()> {
-        let mut offset = sector
-            .checked_mul(SECTOR_SIZE)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let offset = sector.checked_mul(SECTOR_SIZE).ok_or_else(einval)?;
+        match self.image.raw_file() {
+            Some(file) => transfer_direct(file, mem, offset, bufs, dir),
+            None => self.transfer_bounced(mem, offset, bufs, dir),
+        }
+    }
+
+    /// Through a bounded bounce buffer, for images whose offsets are not the file's.
+    fn transfer_bounced(
+        &self,
+        mem: &GuestMemoryMmap,
+        mut offset: u64,
+        bufs: &[(GuestAddress, u32)],
+        dir: Dir,
+    ) -> io::Result<()> {
+        let efault = |_| io::Error::from_raw_os_error(libc::EFAULT);
+        let mut bounce = Vec::new();
         for &(addr, len) in bufs {
-            let slice = mem
-                .get_slice(addr, len as usize)
-                .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
-            let guard = slice.ptr_guard_mut();
-            let ptr = guard.as_ptr();
             let mut done = 0usize;
             let len = len as usize;
             while done < len {
-                let pos = offset + done as u64;
-                // SAFETY: `ptr..ptr+len` is one contiguous slice of guest memory that
-                // `get_slice` checked; the mapping lives as long as `mem`, which we borrow.
-                // The guest may change the bytes concurrently, which is harmless for
-                // pread/pwrite (the kernel copies raw bytes).
-                let n = unsafe {
-                    let p = ptr.add(done);
-                    match dir {
-                        Dir::FileToGuest => libc::pread64(
-                            self.file.as_raw_fd(),
-                            p.cast(),
-                            len - done,
-                            pos as libc::off64_t,
-                        ),
-                        Dir::GuestToFile => libc::pwrite64(
-                            self.file.as_raw_fd(),
-                            p.cast(),
-                            len - done,
-                            pos as libc::off64_t,
-                        ),
+                let n = (len - done).min(BOUNCE_BYTES);
+                bounce.resize(n, 0);
+                let at = addr
+                    .0
+                    .checked_add(done as u64)
+                    .map(GuestAddress)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
+                match dir {
+                    Dir::FileToGuest => {
+                        self.image.read_at(&mut bounce, offset)?;
+                        mem.write_slice(&bounce, at).map_err(efault)?;
                     }
-                };
-                if n < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
+                    Dir::GuestToFile => {
+                        mem.read_slice(&mut bounce, at).map_err(efault)?;
+                        self.image.write_at(&bounce, offset)?;
                     }
-                    return Err(e);
                 }
-                if n == 0 {
-                    // Past the end of the file (it shrank under us).
-                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-                }
-                done += n as usize;
+                done += n;
+                offset += n as u64;
             }
-            offset += len as u64;
         }
         Ok(())
     }
 
     /// Makes every completed write durable.
     pub fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.image.flush()
     }
 
-    fn fallocate(&self, mode: libc::c_int, seg: &Segment) -> io::Result<()> {
-        let offset = seg.sector * SECTOR_SIZE;
-        let len = u64::from(seg.sectors) * SECTOR_SIZE;
-        // SAFETY: fallocate on an owned fd with plain integer arguments.
-        let rc = unsafe {
-            libc::fallocate64(
-                self.file.as_raw_fd(),
-                mode,
-                offset as libc::off64_t,
-                len as libc::off64_t,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Deallocates the ranges (they read back as zeros on a raw file).
+    /// Deallocates the ranges (they read back as zeros).
     pub fn discard(&self, segs: &[Segment]) -> io::Result<()> {
-        if self.read_only {
+        if self.read_only() {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         for s in segs {
-            // Filesystems without hole punching (ramfs) get zeros instead: a discarded
-            // range may read back as anything, zeros included.
-            if self
-                .fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, s)
-                .is_err()
-            {
-                self.write_zero_bytes(s)?;
-            }
+            let (offset, len) = byte_range(s)?;
+            self.image.discard(offset, len)?;
         }
         Ok(())
     }
 
-    /// Zeroes the ranges: punches holes when the driver allows unmapping, else
-    /// `FALLOC_FL_ZERO_RANGE`, else plain zero writes.
+    /// Zeroes the ranges, releasing their storage when the driver allows unmapping.
     pub fn write_zeroes(&self, segs: &[Segment]) -> io::Result<()> {
-        if self.read_only {
+        if self.read_only() {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         for s in segs {
-            let first = if s.flags & WRITE_ZEROES_UNMAP != 0 {
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-            } else {
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-            };
-            if self.fallocate(first, s).is_err() {
-                self.write_zero_bytes(s)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn write_zero_bytes(&self, s: &Segment) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let zeros = vec![0u8; 64 << 10];
-        let mut offset = s.sector * SECTOR_SIZE;
-        let mut left = u64::from(s.sectors) * SECTOR_SIZE;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], offset)?;
-            offset += n as u64;
-            left -= n as u64;
+            let (offset, len) = byte_range(s)?;
+            self.image
+                .write_zeroes(offset, len, s.flags & WRITE_ZEROES_UNMAP != 0)?;
         }
         Ok(())
     }
 }
 
+/// Straight between a raw file and guest memory (no bounce buffer).
+fn transfer_direct(
+    file: &File,
+    mem: &GuestMemoryMmap,
+    mut offset: u64,
+    bufs: &[(GuestAddress, u32)],
+    dir: Dir,
+) -> io::Result<()> {
+    for &(addr, len) in bufs {
+        let slice = mem
+            .get_slice(addr, len as usize)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
+        let guard = slice.ptr_guard_mut();
+        let ptr = guard.as_ptr();
+        let mut done = 0usize;
+        let len = len as usize;
+        while done < len {
+            let pos = offset + done as u64;
+            // SAFETY: `ptr..ptr+len` is one contiguous slice of guest memory that
+            // `get_slice` checked; the mapping lives as long as `mem`, which we borrow.
+            // The guest may change the bytes concurrently, which is harmless for
+            // pread/pwrite (the kernel copies raw bytes).
+            let n = unsafe {
+                let p = ptr.add(done);
+                match dir {
+                    Dir::FileToGuest => {
+                        libc::pread64(file.as_raw_fd(), p.cast(), len - done, pos as libc::off64_t)
+                    }
+                    Dir::GuestToFile => {
+                        libc::pwrite64(file.as_raw_fd(), p.cast(), len - done, pos as libc::off64_t)
+                    }
+                }
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                // Past the end of the file (it shrank under us).
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            done += n as usize;
+        }
+        offset += len as u64;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
     use std::io::{Read, Seek, Write};
     use vm_memory::Bytes;
 
@@ -306,5 +315,49 @@ mod tests {
             }])
             .is_err());
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn qcow2_overlay_serves_guest_buffers() {
+        let dir = std::env::temp_dir().join(format!("kapsel-blk-qcow2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let base: Vec<u8> = (0..64 * SECTOR_SIZE).map(|i| (i / 512) as u8).collect();
+        std::fs::write(dir.join("base.raw"), &base).unwrap();
+        let top = dir.join("top.qcow2");
+        disk::create(
+            &top,
+            &disk::CreateOptions {
+                backing: Some(("base.raw".into(), disk::Format::Raw)),
+                cluster_bits: 12,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let disk = DiskFile::from_image(disk::open(&top, disk::Format::Qcow2, false).unwrap());
+        assert_eq!(disk.sectors(), 64);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        mem.write_slice(&[0xaa; 1024], GuestAddress(0x5000))
+            .unwrap();
+        disk.write(&mem, 7, &[(GuestAddress(0x5000), 1024)])
+            .unwrap();
+        disk.write_zeroes(&[Segment {
+            sector: 16,
+            sectors: 8,
+            flags: WRITE_ZEROES_UNMAP,
+        }])
+        .unwrap();
+        disk.flush().unwrap();
+        disk.read(&mem, 6, &[(GuestAddress(0x1000), 2048)]).unwrap();
+        let mut got = [0u8; 2048];
+        mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
+        assert_eq!(got[0], 6);
+        assert!(got[512..1536].iter().all(|&b| b == 0xaa));
+        assert_eq!(got[1536], 9);
+        disk.read(&mem, 16, &[(GuestAddress(0x1000), 512)]).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0);
+        assert!(disk.read(&mem, 0, &[(GuestAddress(0xff00), 512)]).is_err());
+        assert_eq!(std::fs::read(dir.join("base.raw")).unwrap(), base);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -48,6 +48,7 @@ fn devices(scratch: &Scratch) -> Vec<(&'static str, Box<dyn VirtioDevice>)> {
             path: image,
             read_only: false,
             serial: "s".into(),
+            format: None,
         },
     )
     .unwrap();

@@ -54,7 +54,7 @@ pub fn import(d: &Daemon, req: &ImportImage) -> Result<Image> {
     let rootfs = req
         .rootfs
         .is_some()
-        .then(|| crate::container::image::source(req))
+        .then(|| crate::container::image::source(req, &d.config.state_dir))
         .transpose()?;
     if rootfs.is_none() && req.kernel.is_empty() {
         return Err(DaemonError::BadRequest(

@@ -243,6 +243,13 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
     let r = exec(&d, "box", "cat /data; test -e /later || echo no-later");
     assert_eq!(r.stdout, "kept\nno-later\n", "{r:?}");
     assert_eq!(c.snapshots("box").unwrap().len(), 1);
+    let before = c.get("box").unwrap().pid;
+    let restarted = c.restart("box").unwrap();
+    assert!(
+        running(&restarted) && restarted.pid != before,
+        "{restarted:?}"
+    );
+    assert_eq!(exec(&d, "box", "cat /data").stdout, "kept\n");
     c.delete_snapshot("box", "s1").unwrap();
 
     // Copy: the new container starts from a copy of the writable layer.

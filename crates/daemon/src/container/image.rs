@@ -22,8 +22,9 @@ fn run(cmd: &mut Command, what: &'static str, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Checks the request's source: an absolute path to a directory or a regular file.
-pub fn source(req: &ImportImage) -> Result<PathBuf> {
+/// Checks the request's source: an absolute path to a directory or a regular file, and not
+/// a directory holding the daemon's state (`/`, say), which would be copied into itself.
+pub fn source(req: &ImportImage, state_dir: &Path) -> Result<PathBuf> {
     let Some(path) = req.rootfs.as_deref() else {
         return Err(DaemonError::BadRequest(
             "a container image needs rootfs".into(),
@@ -40,6 +41,14 @@ pub fn source(req: &ImportImage) -> Result<PathBuf> {
         return Err(DaemonError::BadRequest(format!(
             "rootfs path {path:?} must be absolute"
         )));
+    }
+    if let (Ok(src), Ok(state)) = (p.canonicalize(), state_dir.canonicalize()) {
+        if state.starts_with(&src) {
+            return Err(DaemonError::BadRequest(format!(
+                "rootfs {path:?} contains the daemon's state directory; give the root \
+                 filesystem's own directory"
+            )));
+        }
     }
     match std::fs::metadata(&p) {
         Ok(m) if m.is_dir() || m.is_file() => Ok(p),
@@ -106,4 +115,44 @@ fn du(p: &Path) -> u64 {
                 .ok()
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(rootfs: &str) -> ImportImage {
+        ImportImage {
+            name: "i".into(),
+            kernel: String::new(),
+            rootfs: Some(rootfs.into()),
+            initrd: None,
+            disk: None,
+            cmdline: None,
+        }
+    }
+
+    #[test]
+    fn sources_are_checked_before_anything_is_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let e = |r: &str| source(&req(r), &state).unwrap_err().line();
+        assert!(e("/").contains("state directory"), "{}", e("/"));
+        assert!(e(&dir.path().display().to_string()).contains("state directory"));
+        assert!(e("relative/dir").contains("absolute"));
+        assert!(e("/nonexistent-kapsel-rootfs").contains("not a directory"));
+        let mut both = req("/tmp");
+        both.kernel = "/k".into();
+        assert!(source(&both, &state)
+            .unwrap_err()
+            .line()
+            .contains("not both"));
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(&root).unwrap();
+        assert_eq!(
+            source(&req(&root.display().to_string()), &state).unwrap(),
+            root
+        );
+    }
 }

@@ -67,7 +67,8 @@ pub fn monitor_args(d: &Daemon, inst: &Instance, rootfs: &str) -> Result<Vec<Str
         config: inst.config.clone(),
         host_cpus: d.host_cpus,
         console: cfg.console_socket(&inst.name),
-        stop_timeout_ms: cfg.stop_timeout.as_millis() as u64,
+        // The monitor's own SIGKILL comes before the daemon's patience with the monitor ends.
+        stop_timeout_ms: (cfg.stop_timeout.as_millis() * 3 / 4) as u64,
         net,
     };
     let path = cfg.monitor_spec(&inst.name);

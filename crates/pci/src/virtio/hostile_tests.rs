@@ -74,6 +74,18 @@ fn devices(scratch: &Scratch) -> Vec<(&'static str, Box<dyn VirtioDevice>)> {
         ("block", Box::new(block)),
         ("net", Box::new(net)),
         ("vsock", Box::new(vsock)),
+        (
+            "balloon",
+            Box::new(virtio::balloon::Balloon::new(
+                "balloon0",
+                virtio::balloon::BalloonConfig {
+                    deflate_on_oom: true,
+                    stats_period: Some(std::time::Duration::from_secs(1)),
+                    free_page_reporting: true,
+                },
+                virtio::balloon::BalloonControl::default(),
+            )),
+        ),
     ]
 }
 

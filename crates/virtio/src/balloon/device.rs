@@ -197,12 +197,12 @@ impl VirtioDevice for Balloon {
             kicks.push(q.kick);
             served.push((*role, q.index, q.queue));
         }
-        for needed in [QueueRole::Inflate, QueueRole::Deflate] {
-            if !served.iter().any(|(r, _, _)| *r == needed) {
-                return Err(ActivateError::Backend(format!(
-                    "the driver did not enable the {needed:?} queue"
-                )));
-            }
+        // every queue of the negotiated features must be there (indices are unique)
+        if served.len() != roles.len() {
+            return Err(ActivateError::QueueCount {
+                expected: roles.len(),
+                got: served.len(),
+            });
         }
         let period = self
             .config

@@ -11,9 +11,10 @@
 mod control;
 mod device;
 pub mod pages;
-mod queues;
+pub mod queues;
 pub mod stats;
 
 pub use control::{BalloonControl, BalloonStatus};
 pub use device::{Balloon, BalloonConfig, TYPE_BALLOON};
+pub use queues::{QueueRole, Queues};
 pub use stats::GuestStats;

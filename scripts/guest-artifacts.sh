@@ -12,11 +12,26 @@
 #
 # Only the directory goes to stdout. Env: KAPSEL_SHARED_GUEST overrides the shared path;
 # KAPSEL_GUEST_SOURCE=build skips the shared directory.
+#
+#   scripts/guest-artifacts.sh --debian-image
+# instead prints the path of rootfs-debian.ext4 (Debian bookworm minbase + fio + iperf3, its
+# init guests/linux/guest-init.sh; for root=/dev/vda boots and the I/O benchmarks), built by
+# `guests/build.sh debian-ext4` into ${KAPSEL_CACHE:-$HOME/.cache/kapsel}/guest once and cached
+# there (debootstrap from the apt mirror: ~6 min the first time on 2 cores, then nothing).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LINUX=$REPO/guests/linux
 log() { printf 'guest-artifacts: %s\n' "$*" >&2; }
+
+if [ "${1:-}" = --debian-image ]; then
+  out=${KAPSEL_CACHE:-$HOME/.cache/kapsel}/guest
+  "$REPO/guests/build.sh" "$out" debian-ext4 >&2
+  [ -s "$out/rootfs-debian.ext4" ] || { log "ERROR: no $out/rootfs-debian.ext4 after guests/build.sh"; exit 1; }
+  echo "$(cd "$out" && pwd)/rootfs-debian.ext4"
+  exit 0
+fi
+[ $# = 0 ] || { log "ERROR: unknown argument $1 (none, or --debian-image)"; exit 2; }
 
 ARTIFACTS=(bzImage vmlinux initramfs-busybox.cpio.gz rootfs-busybox.ext4 host/bzImage)
 

@@ -5,6 +5,7 @@
 #
 #  1. host packages (scripts/setup-host.sh)             4. fmt + clippy (KAPSEL_SKIP_LINT=1 skips)
 #  2. Linux guest artifacts (scripts/guest-artifacts.sh) 5. the static kapsel, once (release)
+#     and the Debian root image (--debian-image; debootstrap, ~6 min once, cached)
 #  3. the hand-written test guest, if its script exists  6. cargo test --workspace (debug)
 #
 # The Linux end-to-end tests (crates/kapsel/tests/testbed_*.rs) boot real guests with the
@@ -30,6 +31,9 @@ step "guest artifacts"
 KAPSEL_GUEST_DIR=$(scripts/guest-artifacts.sh) || die "guest artifacts"
 export KAPSEL_GUEST_DIR
 echo "guest dir: $KAPSEL_GUEST_DIR" >&2
+KAPSEL_DEBIAN_IMAGE=$(scripts/guest-artifacts.sh --debian-image) || die "Debian guest image"
+export KAPSEL_DEBIAN_IMAGE
+echo "Debian image: $KAPSEL_DEBIAN_IMAGE" >&2
 
 if [ -x scripts/build-test-guest.sh ]; then
   step "hand-written test guest"

@@ -1,6 +1,7 @@
 //! Helpers for kapsel's integration tests that boot real Linux guests.
 //!
 //! - [`guest_dir`]: the directory with the test guests (`scripts/guest-artifacts.sh`).
+//! - [`debian_image`]: the Debian root image (`scripts/guest-artifacts.sh --debian-image`).
 //! - [`kapsel_static_bin`]: a statically linked `kapsel`, built once, to copy into the test bed.
 //! - [`TestBed`]: runs a shell scenario inside the nested test bed (`scripts/testbed.sh`).
 //! - [`scenario`]: a shell prelude to boot L2 guests with kapsel, and the parser of its output.
@@ -19,7 +20,7 @@ mod testbed;
 
 pub use error::Error;
 pub use guest_report::{GuestReport, VirtioDevice};
-pub use paths::{guest_dir, repo_root, try_guest_dir};
+pub use paths::{debian_image, guest_dir, repo_root, try_guest_dir};
 pub use static_bin::{kapsel_static_bin, try_kapsel_static_bin};
 pub use test_guest::{require_kvm, test_guest, TestGuestEntry};
 pub use testbed::{TestBed, TestBedRun};

@@ -38,8 +38,34 @@ fn find_guest_dir() -> Result<PathBuf, Error> {
     if let Some(dir) = std::env::var_os("KAPSEL_GUEST_DIR") {
         return Ok(PathBuf::from(dir));
     }
+    run_guest_artifacts(&[])
+}
+
+/// The Debian root image `rootfs-debian.ext4` (bookworm minbase + fio + iperf3, init
+/// `guests/linux/guest-init.sh`). `$KAPSEL_DEBIAN_IMAGE` wins; otherwise
+/// `scripts/guest-artifacts.sh --debian-image` runs once per process (it builds the image
+/// with debootstrap the first time, a few minutes).
+///
+/// # Panics
+/// When the image cannot be found or built: a test that needs it must fail loudly.
+pub fn debian_image() -> PathBuf {
+    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("KAPSEL_DEBIAN_IMAGE") {
+                return Ok(PathBuf::from(path));
+            }
+            run_guest_artifacts(&["--debian-image"]).map_err(|e| error_chain(&e))
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("Debian guest image unavailable: {e}"))
+}
+
+/// Runs `scripts/guest-artifacts.sh ARGS`; its last stdout line is the answer.
+fn run_guest_artifacts(args: &[&str]) -> Result<PathBuf, Error> {
     let script = repo_root().join("scripts/guest-artifacts.sh");
     let out = Command::new(&script)
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|source| Error::Spawn {

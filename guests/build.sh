@@ -12,7 +12,7 @@
 #     initramfs     busybox-static initramfs, /init = guests/linux/guest-init.sh
 #                   -> OUT/initramfs-busybox.cpio.gz
 #     busybox-ext4  the same tree as a bare ext4 image -> OUT/rootfs-busybox.ext4
-#     debian-ext4   debootstrap --variant=minbase bookworm + fio, iperf3 (DEBIAN_INCLUDE)
+#     debian-ext4   debootstrap --variant=minbase bookworm + fio, iperf3, iproute2 (DEBIAN_INCLUDE)
 #                   -> OUT/rootfs-debian.ext4 (not in all)
 #
 # The layout of OUT is the same as ../shared/guest, so either can serve as the guest
@@ -36,8 +36,9 @@ LOGS=$BUILD/logs
 mkdir -p "$LOGS"
 JOBS=${JOBS:-$(nproc)}
 DEBIAN_SUITE=${DEBIAN_SUITE:-bookworm}
-# Extra packages in the Debian image: the I/O benchmarks run inside the guest.
-DEBIAN_INCLUDE=${DEBIAN_INCLUDE:-fio,iperf3}
+# Extra packages in the Debian image: the I/O benchmarks run inside the guest (ip configures
+# its network card: the guest kernel has no IP autoconfiguration).
+DEBIAN_INCLUDE=${DEBIAN_INCLUDE:-fio,iperf3,iproute2}
 KSRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
 RECIPE=1   # bump when a rootfs step's code changes
 

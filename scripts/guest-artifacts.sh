@@ -17,7 +17,7 @@
 # instead prints the path of rootfs-debian.ext4 (Debian bookworm minbase + fio + iperf3, its
 # init guests/linux/guest-init.sh; for root=/dev/vda boots and the I/O benchmarks), built by
 # `guests/build.sh debian-ext4` into ${KAPSEL_CACHE:-$HOME/.cache/kapsel}/guest once and cached
-# there (debootstrap from the apt mirror: ~6 min the first time on 2 cores, then nothing).
+# there (debootstrap from the apt mirror: 2-6 min the first time on 2 cores, then nothing).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -3,9 +3,10 @@
 # default guest and run the tests. Idempotent and quiet when nothing is missing:
 # `apt-get update` runs only when a package has to be installed.
 #
-# Usage: scripts/setup-host.sh [--kernel-build] [--debian-image]
+# Usage: scripts/setup-host.sh [--kernel-build] [--debian-image] [--io-bench]
 #   --kernel-build   also the tools to build the guest and test-bed kernels (guests/build.sh)
 #   --debian-image   also debootstrap (the Debian minbase root image)
+#   --io-bench       also fio and iperf3 (benches/io.py carries them into the test bed's L1)
 # Rust itself comes from rustup (rust-toolchain.toml pins the version); this script only
 # checks that cargo is there.
 set -euo pipefail
@@ -24,6 +25,7 @@ for arg in "$@"; do
   case $arg in
     --kernel-build) pkgs+=(linux-source-6.1 flex bison bc libelf-dev libssl-dev kmod) ;;
     --debian-image) pkgs+=(debootstrap) ;;
+    --io-bench) pkgs+=(fio iperf3) ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d;s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $arg" ;;
   esac

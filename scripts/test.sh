@@ -5,7 +5,7 @@
 #
 #  1. host packages (scripts/setup-host.sh)             4. fmt + clippy (KAPSEL_SKIP_LINT=1 skips)
 #  2. Linux guest artifacts (scripts/guest-artifacts.sh) 5. the static kapsel, once (release)
-#     and the Debian root image (--debian-image; debootstrap, ~6 min once, cached)
+#     and the Debian root image (--debian-image; debootstrap, 2-6 min once, cached)
 #  3. the hand-written test guest, if its script exists  6. cargo test --workspace (debug)
 #
 # The Linux end-to-end tests (crates/kapsel/tests/testbed_*.rs) boot real guests with the

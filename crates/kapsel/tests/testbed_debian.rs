@@ -36,7 +36,8 @@ fn scenario() -> String {
          --ioengine=libaio --direct=1 --size=32M --io_size=64M --minimal > /tmp/fio.out 2>&1; \
          echo FIO-RC=$?; echo FIO-ERR=$(cut -d';' -f5 /tmp/fio.out); \
          echo FIO-READ-KIB=$(cut -d';' -f6 /tmp/fio.out)",
-        "poweroff -f",
+        // minbase has no poweroff (no init system): the kernel's sysrq does it
+        "echo o > /proc/sysrq-trigger",
     ]
     .join("; ");
     format!(
@@ -100,4 +101,11 @@ fn testbed_debian_image_boots_from_vda_and_runs_fio() {
     assert_eq!(line_value(c, "FIO-ERR="), Some("0"), "{c}");
     assert_eq!(line_value(c, "FIO-READ-KIB="), Some("65536"), "{c}");
     assert_eq!(boot.rc, Some(0), "kapsel exit:\n{c}");
+    // the guest powered itself off: kapsel was not stopped by the scenario's timeout
+    assert!(
+        boot.seconds
+            .is_some_and(|s| s < f64::from(BOOT_TIMEOUT) - 10.0),
+        "the VM ran {:?} s: it did not power off by itself:\n{c}",
+        boot.seconds
+    );
 }

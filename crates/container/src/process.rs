@@ -288,6 +288,15 @@ fn exec_child(
             unsafe { libc::_exit(1) };
         }
     }
+    // The new process waits on `hold` until our `P` record is written: the parent reads
+    // `P` (the pid) first and the process's own `R` or failure after it, never the other
+    // way round (a fast process on a busy host used to win that race).
+    let mut hold = [-1; 2];
+    // SAFETY: pipe2 fills a valid two-element array.
+    if unsafe { libc::pipe2(hold.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        // SAFETY: _exit is always safe.
+        unsafe { libc::_exit(1) };
+    }
     // SAFETY: fork-like raw clone; CLONE_PARENT makes the new process our parent's child.
     let pid = unsafe {
         libc::syscall(
@@ -300,6 +309,16 @@ fn exec_child(
         )
     };
     if pid == 0 {
+        let mut b = [0u8; 1];
+        // SAFETY: closing our copy of the write end, then waiting for EOF (the intermediate
+        // process exits after writing `P`) into a local buffer; both ends are ours.
+        unsafe {
+            libc::close(hold[1]);
+            while libc::read(hold[0], b.as_mut_ptr().cast(), 1) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+            libc::close(hold[0]);
+        }
         let failure = init::run_exec(sys, plan);
         let _ = write_all(plan.status_fd, &failure.encode());
         // SAFETY: _exit is always safe.
@@ -309,6 +328,7 @@ fn exec_child(
     msg[0] = b'P';
     msg[1..].copy_from_slice(&(pid as i32).to_ne_bytes());
     let _ = write_all(plan.status_fd, if pid > 0 { &msg } else { b"" });
+    // Exiting closes `hold`'s write end: the new process goes on.
     // SAFETY: _exit is always safe.
     unsafe { libc::_exit(0) }
 }

@@ -627,3 +627,27 @@ fn cli_verbs_drive_containers() {
     let (code, _, err) = kapsel(&d, &["delete", "--force", "cli-c"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Many execs in a row: each must come back (the exec handshake once lost a race to a fast
+/// process about 1 time in 150 on a loaded host).
+#[test]
+fn exec_many_times() {
+    let d = TestDaemon::start();
+    import_busybox(&d);
+    launch(&d, &request("st", &["sh", "-c", IDLE], RestartPolicy::No));
+    let mut fails = Vec::new();
+    for i in 0..150 {
+        let r = d.client().exec(
+            "st",
+            &ExecRequest {
+                command: vec!["true".into()],
+                tty: false,
+                timeout_secs: None,
+            },
+        );
+        if let Err(e) = r {
+            fails.push((i, e.to_string()));
+        }
+    }
+    assert!(fails.is_empty(), "{} fails: {fails:?}", fails.len());
+}

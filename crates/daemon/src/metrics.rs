@@ -46,7 +46,12 @@ fn render_nic_counters(
                 continue;
             }
             for (i, network) in inst.config.networks.iter().enumerate() {
-                let tap = netsetup::tap_name(&inst.name, i);
+                // A container's NIC is its veth; its host end counts like a VM's TAP.
+                let tap = if inst.kind == api::daemon::InstanceKind::Container {
+                    crate::container::net::host_if(&inst.name)
+                } else {
+                    netsetup::tap_name(&inst.name, i)
+                };
                 for (direction, stat) in [("rx", "tx"), ("tx", "rx")] {
                     let v = netsetup::iface_stat(&tap, &format!("{stat}_{kind}"));
                     let _ = writeln!(

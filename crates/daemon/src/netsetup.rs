@@ -213,10 +213,27 @@ fn start_dnsmasq(dir: &Path, net: &Network, subnet: &Subnet) -> Result<()> {
 
 /// A counter of a network interface (`rx_bytes`, `tx_packets`, …), 0 when unreadable.
 pub fn iface_stat(iface: &str, stat: &str) -> u64 {
-    std::fs::read_to_string(format!("/sys/class/net/{iface}/statistics/{stat}"))
+    // /proc/self/net/dev shows this process's network namespace (sysfs shows the one that
+    // mounted it, so a daemon in its own namespace would read zeros there).
+    std::fs::read_to_string("/proc/self/net/dev")
         .ok()
-        .and_then(|s| s.trim().parse().ok())
+        .and_then(|text| net_dev_stat(&text, iface, stat))
         .unwrap_or(0)
+}
+
+/// One counter (`rx_bytes`, `tx_packets`, …) of `iface` from `/proc/net/dev` text.
+fn net_dev_stat(text: &str, iface: &str, stat: &str) -> Option<u64> {
+    let column = match stat {
+        "rx_bytes" => 0,
+        "rx_packets" => 1,
+        "tx_bytes" => 8,
+        "tx_packets" => 9,
+        _ => return None,
+    };
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim() == iface)
+        .and_then(|(_, values)| values.split_whitespace().nth(column)?.parse().ok())
 }
 
 /// The TAP of NIC `index` of instance `instance`: `kapsel` + 8 hex digits of a hash + the
@@ -279,6 +296,15 @@ pub fn deactivate(state: &Path, net: &Network) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_from_proc_net_dev() {
+        let text = "Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets\n  kapselc1: 100 2 0 0 0 0 0 0 300 4 0 0 0 0 0 0\n";
+        assert_eq!(net_dev_stat(text, "kapselc1", "rx_bytes"), Some(100));
+        assert_eq!(net_dev_stat(text, "kapselc1", "tx_packets"), Some(4));
+        assert_eq!(net_dev_stat(text, "other", "rx_bytes"), None);
+        assert_eq!(net_dev_stat(text, "kapselc1", "rx_errs"), None);
+    }
 
     #[test]
     fn subnets() {

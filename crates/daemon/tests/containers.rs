@@ -439,6 +439,19 @@ fn httpd_in_a_container_is_reachable_over_the_bridge() {
     );
     drop(vm);
 
+    // The container's NIC counters come from its veth.
+    let m = c.metrics().unwrap();
+    let sent = m
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "kapsel_instance_network_bytes_total{name=\"web\",nic=\"0\",network=\"ct\",direction=\"tx\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no NIC counter for web:\n{m}"));
+    assert!(sent > 0, "web sent nothing: {m}");
+
     for n in ["web", "cli"] {
         c.delete(n, true).unwrap();
     }

@@ -38,6 +38,8 @@ pub enum DaemonError {
     Network(String),
     #[error("container")]
     Container(#[from] container::ContainerError),
+    #[error("disk image")]
+    Disk(#[from] disk::DiskError),
 }
 
 impl DaemonError {
@@ -51,6 +53,7 @@ impl DaemonError {
             DaemonError::NotSupported(_) => 501,
             DaemonError::StartFailed(_) => 422,
             DaemonError::Container(container::ContainerError::WrongState { .. }) => 409,
+            DaemonError::Disk(disk::DiskError::Exists { .. }) => 409,
             _ => 500,
         }
     }

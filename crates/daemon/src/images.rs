@@ -1,7 +1,6 @@
-//! The storage pool: a directory under the state dir. Images are copied in once; an
-//! instance's root disk is a sparse copy of its image's disk (`cp --sparse=always
-//! --reflink=auto`, so copy-on-write filesystems share blocks). qcow2 overlays replace
-//! these copies once kapsel's qcow2 support lands.
+//! The storage pool: a directory under the state dir. Images are copied in once (`cp
+//! --sparse=always --reflink=auto`); an instance's root disk is a qcow2 overlay over its
+//! image's disk (see `disks.rs`), so creating an instance copies nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,6 +140,16 @@ pub fn import(d: &Daemon, req: &ImportImage) -> Result<Image> {
 
 /// Deletes an image no instance uses, with its files.
 pub fn delete(d: &Daemon, name: &str) -> Result<()> {
+    let image = d.db().image(name)?;
+    if let Some(disk) = &image.disk {
+        let users = crate::disks::users_of(d, Path::new(disk))?;
+        if !users.is_empty() {
+            return Err(DaemonError::Conflict(format!(
+                "image '{name}' backs the disks of instance(s) {}",
+                users.join(", ")
+            )));
+        }
+    }
     d.db().delete_image(name)?;
     let _ = std::fs::remove_dir_all(d.config.image_dir(name));
     d.event("image-deleted", None, name);

@@ -13,6 +13,7 @@
 pub mod cgroups;
 pub mod container;
 pub mod db;
+pub mod disks;
 pub mod error;
 pub mod events;
 pub mod images;

@@ -64,7 +64,8 @@ pub fn vmm_args(inst: &Instance, image: &Image, console: &Path, api: &Path) -> V
     }
     if let Some(disk) = &inst.disk {
         args.push("--disk".into());
-        args.push(format!("path={disk}"));
+        let format = crate::disks::format_of(std::path::Path::new(disk));
+        args.push(format!("path={disk},format={format}"));
     }
     args
 }

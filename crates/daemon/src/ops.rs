@@ -9,6 +9,7 @@ use crate::images::sparse_copy;
 use crate::lifecycle::{self, StartReason};
 use crate::names::{check_config, check_name, MAX_NAME};
 use crate::state::Daemon;
+use std::path::Path;
 
 /// The instance as the API shows it: stored state plus the console of a live VMM.
 pub fn view(d: &Daemon, mut inst: Instance) -> Instance {
@@ -63,10 +64,11 @@ pub fn create(d: &Daemon, req: &CreateInstance) -> Result<Instance> {
         Some(n) if container => Some(crate::container::net::allocate(d, n)?),
         _ => None,
     };
-    let disk = image
-        .disk
-        .as_ref()
-        .map(|_| d.config.instance_dir(&req.name).join("root.raw"));
+    let disk = image.disk.as_ref().map(|_| {
+        d.config
+            .instance_dir(&req.name)
+            .join(crate::disks::ROOT_DISK)
+    });
     let inst = Instance {
         name: req.name.clone(),
         image: req.image.clone(),
@@ -86,7 +88,8 @@ pub fn create(d: &Daemon, req: &CreateInstance) -> Result<Instance> {
         let dir = d.config.instance_dir(&req.name);
         std::fs::create_dir_all(&dir).map_err(|e| DaemonError::io("create", &dir, e))?;
         if let (Some(src), Some(dst)) = (&image.disk, &disk) {
-            sparse_copy(std::path::Path::new(src), dst)?;
+            // A copy-on-write overlay over the pool's image: nothing is copied.
+            crate::disks::create_overlay(std::path::Path::new(src), disk::Format::Raw, dst)?;
         }
         Ok(())
     })();
@@ -251,6 +254,9 @@ pub fn delete(d: &Daemon, name: &str, force: bool) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(d.config.instance_dir(name));
     let _ = std::fs::remove_dir_all(d.config.instance_run_dir(name));
+    if let Err(e) = crate::disks::collect_garbage(d) {
+        tracing::warn!("disk layers kept after deleting '{name}': {}", e.line());
+    }
     d.event("instance-deleted", Some(name), "");
     Ok(())
 }
@@ -314,6 +320,17 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
     get(d, name)
 }
 
+/// The clone's disk: a linked clone (overlay over the source's frozen layer) for qcow2
+/// disks; a sparse copy for raw disks of instances made before overlays.
+fn copy_disk(d: &Daemon, name: &str, from: &Path, to: &Path) -> Result<()> {
+    if crate::disks::format_of(from) != disk::Format::Qcow2 {
+        return sparse_copy(from, to);
+    }
+    let layer = crate::disks::freeze(d, from, name)?;
+    let _ = std::fs::remove_file(to);
+    crate::disks::create_overlay(&layer, disk::Format::Qcow2, to)
+}
+
 /// Copies a stopped instance's configuration and disk to a new instance (not started).
 pub fn copy(d: &Daemon, name: &str, new_name: &str) -> Result<Instance> {
     check_name("instance", new_name, MAX_NAME)?;
@@ -351,7 +368,11 @@ pub fn copy(d: &Daemon, name: &str, new_name: &str) -> Result<Instance> {
         }
     }
     if let (Some(from), Some(to)) = (&src.disk, &created.disk) {
-        sparse_copy(std::path::Path::new(from), std::path::Path::new(to))?;
+        if let Err(e) = copy_disk(d, name, Path::new(from), Path::new(to)) {
+            let _ = d.db().delete_instance(new_name);
+            let _ = std::fs::remove_dir_all(d.config.instance_dir(new_name));
+            return Err(e);
+        }
     }
     d.event("instance-copied", Some(new_name), name);
     Ok(created)

@@ -43,6 +43,10 @@ impl DaemonConfig {
     pub fn image_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("images").join(name)
     }
+    /// Frozen, read-only disk layers shared by linked clones (see `disks.rs`).
+    pub fn layer_dir(&self) -> PathBuf {
+        self.state_dir.join("layers")
+    }
     pub fn instance_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("instances").join(name)
     }

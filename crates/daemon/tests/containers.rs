@@ -323,9 +323,36 @@ fn killed_monitor_is_restarted_per_policy() {
             .is_empty(),
         "container of 'never' still has processes"
     );
-    // A container whose first process fails exits and is restarted on failure too.
     c.delete("onfail", true).unwrap();
     c.delete("never", true).unwrap();
+
+    // A program that fails at once: a failed exit, restarted on failure with a growing
+    // delay; without a policy the container ends in the error state.
+    let mut req = request("crash", &["sh", "-c", "exit 3"], RestartPolicy::OnFailure);
+    req.start = true;
+    c.create(&req)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let looping = d.wait_for("crash", "two restarts", |i| i.restarts >= 2);
+    assert_eq!(looping.last_exit.as_deref(), Some("exit 3"), "{looping:?}");
+    // A supervised restart in flight answers 409 (busy): retry, as a client would.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = c.delete("crash", true) {
+        assert!(
+            e.to_string().contains("busy") && Instant::now() < deadline,
+            "{e}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.create(&request("once", &["sh", "-c", "exit 3"], RestartPolicy::No))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let failed = d.wait_for("once", "the error state", |i| {
+        i.status == InstanceStatus::Error
+    });
+    assert_eq!(
+        (failed.last_exit.as_deref(), failed.restarts),
+        (Some("exit 3"), 0)
+    );
+    c.delete("once", false).unwrap();
 }
 
 #[test]

@@ -112,12 +112,21 @@ pub fn run(spec_path: &Path) -> Result<i32> {
         let master = c
             .take_console()
             .ok_or_else(|| DaemonError::Corrupt("the container has no terminal".into()))?;
+        // The socket is bound under a temporary name and renamed into place as soon as the
+        // program was started, whether or not it is still running: the daemon counts the
+        // container as started from then, so a program that exits at once is an exit its
+        // restart policy judges, not a failed start.
+        let staged = spec.console.with_extension("sock.new");
+        let relay = Relay::bind(&staged, master)?;
         c.start()?;
-        Relay::bind(&spec.console, master)
+        std::fs::rename(&staged, &spec.console)
+            .map_err(|e| DaemonError::io("rename", &staged, e))?;
+        Ok(relay)
     })();
     let mut relay = match started {
         Ok(r) => r,
         Err(e) => {
+            let _ = std::fs::remove_file(spec.console.with_extension("sock.new"));
             let _ = c.delete(true);
             if let Some(n) = &spec.net {
                 net::detach(&n.host_if);
@@ -129,7 +138,8 @@ pub fn run(spec_path: &Path) -> Result<i32> {
     let stop_requested = serve(&c, &spec, sfd.as_raw_fd(), &mut relay)?;
     relay.drain();
     let code = c.wait().unwrap_or(255);
-    let _ = std::fs::remove_file(&spec.console);
+    // The console socket stays until the next start replaces it: the daemon shows it only
+    // while the monitor runs.
     if let Err(e) = c.delete(true) {
         tracing::warn!(container = %spec.name, error = %e, "cannot remove container");
     }

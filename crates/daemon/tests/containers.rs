@@ -227,6 +227,21 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
     if pids_max.exists() {
         assert_eq!(std::fs::read_to_string(&pids_max).unwrap().trim(), "16");
     }
+    c.update(
+        "box",
+        &InstanceUpdate {
+            cpu_cap_percent: Some(50),
+            cpu_weight: Some(200),
+            ..InstanceUpdate::default()
+        },
+    )
+    .unwrap();
+    let quota = d.cgroup_dir("cpu", "box").join("cpu.cfs_quota_us");
+    if quota.exists() {
+        assert_eq!(std::fs::read_to_string(&quota).unwrap().trim(), "50000");
+        let shares = d.cgroup_dir("cpu", "box").join("cpu.shares");
+        assert_eq!(std::fs::read_to_string(&shares).unwrap().trim(), "2048");
+    }
 
     // Snapshot of the upper directory (taken frozen), then restore into a stopped container.
     let snap = c.create_snapshot("box", "s1").unwrap();

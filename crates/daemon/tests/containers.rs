@@ -681,6 +681,42 @@ fn cli_verbs_drive_containers() {
     assert_eq!(code, 7, "{err}");
     let (code, _, err) = kapsel(&d, &["delete", "--force", "cli-c"]);
     assert_eq!(code, 0, "{err}");
+
+    // A tarball image is unpacked into the pool.
+    let tar = d.dir.path().join("bb.tar.gz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(busybox_rootfs())
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tar = tar.display().to_string();
+    let (code, _, err) = kapsel(&d, &["image", "import", "bbtar", "--rootfs", &tar]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = kapsel(
+        &d,
+        &[
+            "launch",
+            "--container",
+            "bbtar",
+            "from-tar",
+            "--",
+            "sh",
+            "-c",
+            IDLE,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = kapsel(&d, &["exec", "from-tar", "--", "cat", "/etc/issue"]);
+    assert_eq!((code, out.as_str()), (0, "kapsel busybox rootfs\n"));
+    // Not a root filesystem, and a directory holding the daemon's state: one-line 400s.
+    let (code, _, err) = kapsel(&d, &["image", "import", "bad", "--rootfs", "/"]);
+    assert_eq!((code, err.lines().count()), (1, 1), "{err}");
+    let (code, _, err) = kapsel(&d, &["delete", "--force", "from-tar"]);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// Many execs in a row: each must come back (the exec handshake once lost a race to a fast

@@ -612,6 +612,40 @@ mod tests {
     }
 
     #[test]
+    fn a_database_from_before_containers_gains_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let mut old = SCHEMA.replace(
+                ",\n    kind TEXT NOT NULL DEFAULT 'vm',\n    address TEXT",
+                "",
+            );
+            old = old.replace(",\n    rootfs TEXT", "");
+            assert!(!old.contains("rootfs") && !old.contains("DEFAULT 'vm'"));
+            conn.execute_batch(&old).unwrap();
+            conn.execute(
+                "INSERT INTO instances (name, image, config, status, created_at)
+                 VALUES ('a', 'img', ?1, 'stopped', 1)",
+                [serde_json::to_string(&instance("a").config).unwrap()],
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let mut db = Db::open(&path).unwrap();
+        let (got, _) = db.instance("a").unwrap();
+        assert_eq!((got.kind, got.address), (InstanceKind::Vm, None));
+        let mut c = instance("c");
+        c.kind = InstanceKind::Container;
+        c.address = Some("10.0.0.9/24".into());
+        db.insert_instance(&c).unwrap();
+        assert_eq!(db.instance("c").unwrap().0, c);
+        drop(db);
+        // Opening again changes nothing.
+        assert_eq!(Db::open(&path).unwrap().instance("c").unwrap().0, c);
+    }
+
+    #[test]
     fn events_in_order() {
         let mut db = Db::open_in_memory().unwrap();
         for i in 0..5 {

@@ -7,10 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use arch::GuestMemoryMmap;
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::GuestAddress;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::device::{Interrupt, InterruptKind, VirtioDevice};
 
@@ -185,57 +183,95 @@ pub fn hostile_scenarios(good: &[Desc]) -> Vec<Scenario> {
     out
 }
 
-/// A driver-side ring at `base` whose descriptors and avail ring the test writes raw.
+/// A driver-side ring at `base` whose descriptors and avail ring the test writes raw:
+/// descriptor table at `base`, avail ring at `base + 0x100`, used ring at `base + 0x200`.
+/// (virtio-queue's `MockSplitQueue` lets the used ring overlap the upper half of the avail
+/// ring, so a device's used writes would corrupt avail entries 6 and up.)
 pub struct RawRing<'m> {
-    pub vq: MockSplitQueue<'m, GuestMemoryMmap>,
+    mem: &'m GuestMemoryMmap,
+    base: u64,
 }
 
 impl<'m> RawRing<'m> {
     pub fn new(mem: &'m GuestMemoryMmap, base: u64) -> Self {
-        RawRing {
-            vq: MockSplitQueue::create(mem, GuestAddress(base), QSIZE),
+        let ring = RawRing { mem, base };
+        for off in (0..0x300).step_by(2) {
+            ring.put(off, 0u16);
         }
+        ring
+    }
+
+    fn put<T: vm_memory::ByteValued>(&self, off: u64, v: T) {
+        self.mem
+            .write_obj(v, GuestAddress(self.base + off))
+            .expect("ring write");
+    }
+
+    fn get<T: vm_memory::ByteValued>(&self, off: u64) -> T {
+        self.mem
+            .read_obj(GuestAddress(self.base + off))
+            .expect("ring read")
     }
 
     /// The device's view of the ring.
     pub fn queue(&self) -> Queue {
-        self.vq.create_queue().expect("queue")
+        let mut q = Queue::new(QSIZE).expect("queue");
+        let addr = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (lo, hi) = addr(self.base);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = addr(self.base + 0x100);
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = addr(self.base + 0x200);
+        q.set_used_ring_address(lo, hi);
+        q.set_ready(true);
+        q
+    }
+
+    /// Stores descriptor `i`.
+    pub fn load_desc(&self, i: u16, (addr, len, flags, next): Desc) {
+        let d = 16 * u64::from(i);
+        self.put(d, addr);
+        self.put(d + 8, len);
+        self.put(d + 12, flags);
+        self.put(d + 14, next);
     }
 
     /// Stores `descs` from index 0 and makes `heads` available.
     pub fn load(&self, s: &Scenario) {
-        for (i, &(addr, len, flags, next)) in s.descs.iter().enumerate() {
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            self.vq.desc_table().store(i as u16, d).expect("store");
+        for (i, d) in s.descs.iter().enumerate() {
+            self.load_desc(i as u16, *d);
         }
         for (i, &h) in s.heads.iter().enumerate() {
-            self.vq
-                .avail()
-                .ring()
-                .ref_at(i)
-                .expect("avail slot")
-                .store(h);
+            self.put(0x104 + 2 * (i as u64 % u64::from(QSIZE)), h);
         }
-        self.vq.avail().idx().store(s.heads.len() as u16);
+        self.put(0x102, s.heads.len() as u16);
+    }
+
+    /// Puts `head` in avail slot `idx` (modulo the queue size) and publishes `idx + 1`.
+    pub fn publish(&self, idx: u16, head: u16) {
+        self.put(0x104 + 2 * u64::from(idx % QSIZE), head);
+        self.put(0x102, idx.wrapping_add(1));
     }
 
     /// Makes the avail index jump past the queue size.
     pub fn corrupt_avail_index(&self) {
-        self.vq.avail().idx().store(QSIZE + 1);
+        self.put(0x102, QSIZE + 1);
     }
 
     pub fn used_idx(&self) -> u16 {
-        self.vq.used().idx().load()
+        self.get(0x202)
+    }
+
+    /// The used element at running index `idx` (modulo the queue size): (head, len).
+    pub fn used_at(&self, idx: u16) -> (u32, u32) {
+        let e = 0x204 + 8 * u64::from(idx % QSIZE);
+        (self.get(e), self.get(e + 4))
     }
 
     /// The used elements: (head, len).
     pub fn used(&self) -> Vec<(u32, u32)> {
-        (0..usize::from(self.used_idx().min(QSIZE)))
-            .map(|i| {
-                let e: virtio_queue::desc::split::VirtqUsedElem =
-                    self.vq.used().ring().ref_at(i).expect("used slot").load();
-                (e.id(), e.len())
-            })
+        (0..self.used_idx().min(QSIZE))
+            .map(|i| self.used_at(i))
             .collect()
     }
 }

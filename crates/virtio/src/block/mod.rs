@@ -11,6 +11,8 @@ pub mod device;
 #[cfg(test)]
 mod hostile_tests;
 pub mod io;
+#[cfg(test)]
+mod limit_tests;
 pub mod request;
 pub mod worker;
 

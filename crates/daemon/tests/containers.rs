@@ -374,19 +374,39 @@ fn killed_monitor_is_restarted_per_policy() {
 fn killed_daemon_leaves_containers_running_and_reattaches() {
     let mut d = TestDaemon::start();
     import_busybox(&d);
-    let inst = launch(&d, &request("keep", &["sh", "-c", IDLE], RestartPolicy::No));
+    let inst = launch(
+        &d,
+        &request(
+            "keep",
+            &["sh", "-c", &format!("echo keep-console; {IDLE}")],
+            RestartPolicy::No,
+        ),
+    );
     let pid = inst.pid.unwrap();
     assert_eq!(exec(&d, "keep", "echo one > /f").exit_code, 0);
+    // The container's first process, from the container runtime's state file.
+    let state = d.dir.path().join("run/containers/keep/state.json");
+    let init_pid = || -> i64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        v["pid"].as_i64().unwrap()
+    };
+    let init = init_pid();
     d.kill9();
     std::thread::sleep(Duration::from_millis(300));
     assert!(alive(pid), "monitor died with the daemon");
+    assert!(alive(init as i32), "container died with the daemon");
     d.spawn();
     let back = d.client().get("keep").unwrap();
     assert_eq!(
         (back.status, back.pid),
         (InstanceStatus::Running, Some(pid))
     );
+    assert_eq!(init_pid(), init, "the container was replaced");
     assert_eq!(exec(&d, "keep", "cat /f").stdout, "one\n");
+    // The console, held by the monitor, still answers.
+    let mut con = UnixStream::connect(back.console.as_deref().unwrap()).unwrap();
+    console_until(&mut con, "keep-console");
     let mut reattached = false;
     d.client()
         .events(0, false, |e| {

@@ -70,8 +70,8 @@ pub fn vmm_args(inst: &Instance, image: &Image, console: &Path, api: &Path) -> V
     args
 }
 
-/// Creates the instance's TAPs on the bridges of its networks (a container's monitor makes
-/// its veth itself).
+/// Creates the instance's TAPs on the bridges of its networks and names it in their DNS (a
+/// container's monitor makes its veth itself).
 fn prepare_nics(d: &Daemon, inst: &Instance) -> Result<()> {
     if inst.config.networks.is_empty() || inst.kind == InstanceKind::Container {
         return Ok(());
@@ -83,6 +83,15 @@ fn prepare_nics(d: &Daemon, inst: &Instance) -> Result<()> {
             .find(|n| &n.name == name)
             .ok_or_else(|| DaemonError::BadRequest(format!("network '{name}' does not exist")))?;
         netsetup::ensure_tap(&netsetup::tap_name(&inst.name, i), &net.bridge)?;
+        // the instance's name belongs to its first NIC on each network
+        if !inst.config.networks[..i].contains(name) {
+            netsetup::register_host(
+                &d.config.state_dir,
+                name,
+                &inst.name,
+                &netsetup::mac(&inst.name, i),
+            )?;
+        }
     }
     Ok(())
 }

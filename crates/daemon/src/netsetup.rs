@@ -89,6 +89,12 @@ fn net_dir(state: &Path, name: &str) -> PathBuf {
     state.join("networks").join(name)
 }
 
+/// dnsmasq's `--dhcp-hostsdir` (`hosts` in the network's directory, as in [`start_dnsmasq`]):
+/// one `MAC,NAME` file per instance on the network.
+fn hosts_dir(state: &Path, name: &str) -> PathBuf {
+    net_dir(state, name).join("hosts")
+}
+
 fn table(name: &str) -> String {
     format!("kapsel_{name}").replace('-', "_")
 }
@@ -182,6 +188,8 @@ fn start_dnsmasq(dir: &Path, net: &Network, subnet: &Subnet) -> Result<()> {
         return Ok(());
     }
     let (lo, hi) = subnet.dhcp_range();
+    let hosts = dir.join("hosts");
+    std::fs::create_dir_all(&hosts).map_err(|e| DaemonError::io("create", &hosts, e))?;
     let args = [
         "--conf-file=/dev/null".to_string(),
         "--strict-order".into(),
@@ -193,6 +201,7 @@ fn start_dnsmasq(dir: &Path, net: &Network, subnet: &Subnet) -> Result<()> {
         "--dhcp-no-override".into(),
         "--dhcp-authoritative".into(),
         format!("--dhcp-leasefile={}", dir.join("leases").display()),
+        format!("--dhcp-hostsdir={}", hosts.display()),
         format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
         "--domain=kapsel".into(),
         "--local=/kapsel/".into(),
@@ -234,6 +243,39 @@ fn net_dev_stat(text: &str, iface: &str, stat: &str) -> Option<u64> {
         .filter_map(|l| l.split_once(':'))
         .find(|(name, _)| name.trim() == iface)
         .and_then(|(_, values)| values.split_whitespace().nth(column)?.parse().ok())
+}
+
+/// Gives the NIC with `mac` the host name `instance` in the network's DHCP and DNS (so guests
+/// find each other by instance name, `NAME` or `NAME.kapsel`, whatever hostname they send).
+/// dnsmasq reads a new file of its hosts directory by itself (inotify); the file is written
+/// under a dot name (which dnsmasq ignores) and renamed into place.
+pub fn register_host(state: &Path, network: &str, instance: &str, mac: &str) -> Result<()> {
+    let dir = hosts_dir(state, network);
+    std::fs::create_dir_all(&dir).map_err(|e| DaemonError::io("create", &dir, e))?;
+    let path = dir.join(instance);
+    let line = format!("{mac},{instance}\n");
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == line) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{instance}.tmp"));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, line.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    written.map_err(|e| DaemonError::io("write", &path, e))
+}
+
+/// Forgets `instance`'s host name on `network` (instance deleted). dnsmasq keeps records of
+/// deleted files until it rereads its files, so it gets a SIGHUP.
+pub fn unregister_host(state: &Path, network: &str, instance: &str) {
+    let path = hosts_dir(state, network).join(instance);
+    if std::fs::remove_file(&path).is_ok() {
+        if let Some(pid) = dnsmasq_pid(&net_dir(state, network)) {
+            let _ = crate::process::kill(pid, libc::SIGHUP);
+        }
+    }
 }
 
 /// The TAP of NIC `index` of instance `instance`: `kapsel` + 8 hex digits of a hash + the

@@ -249,8 +249,9 @@ pub fn delete(d: &Daemon, name: &str, force: bool) -> Result<()> {
         crate::container::ops::clean_up(d, name);
     }
     d.cgroups.remove(name);
-    for i in 0..inst.config.networks.len() {
+    for (i, net) in inst.config.networks.iter().enumerate() {
         crate::netsetup::remove_tap(&crate::netsetup::tap_name(name, i));
+        crate::netsetup::unregister_host(&d.config.state_dir, net, name);
     }
     let _ = std::fs::remove_dir_all(d.config.instance_dir(name));
     let _ = std::fs::remove_dir_all(d.config.instance_run_dir(name));

@@ -1,5 +1,6 @@
 //! Managed networks, tested with the daemon inside its own network namespace (nothing on the
-//! host changes): the bridge gets its address, dnsmasq hands out DHCP leases and DNS names,
+//! host changes): the bridge gets its address, dnsmasq hands out DHCP leases and DNS names
+//! (a VM's NIC is named after its instance),
 //! NAT rules are loaded, and two "guests" (veth pairs into their own namespaces, standing in
 //! for VM TAPs) reach the host side and each other. Deleting the network removes it all.
 #![allow(clippy::unwrap_used)]
@@ -159,10 +160,18 @@ fn bridge_dhcp_dns_nat_and_guest_to_guest() {
             );
             assert!(m.contains(&series), "{series} missing from:\n{m}");
         }
+        // dnsmasq learns the instance's name for its NIC's MAC (DNS by instance name)
+        let host = d.dir.path().join("state/networks/t1/hosts/vm-net");
+        let entry = std::fs::read_to_string(&host).unwrap();
+        assert_eq!(
+            entry,
+            format!("{},vm-net\n", daemon::netsetup::mac("vm-net", 0))
+        );
         let e = d.client().delete_network("t1").unwrap_err();
         assert!(e.to_string().contains("vm-net"), "{e}");
         d.client().delete("vm-net", true).unwrap();
         assert!(!sh(&format!("{ns} ip link show {tap}")).0);
+        assert!(!host.exists(), "host entry left after delete");
     }
 
     // An unused network is removed completely.

@@ -15,10 +15,11 @@ log() { printf 'setup-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # runtime + tests: QEMU for the nested test bed, busybox/cpio for its initramfs,
-# e2fsprogs for disk images, qemu-utils (qemu-img) for qcow2 interop tests, iproute2 for network tests, python3 for helper scripts;
+# e2fsprogs for disk images, qemu-utils (qemu-img) for qcow2 interop tests, iproute2 for network tests, python3 for helper scripts
+# (and python3-venv for schemathesis, scripts/schemathesis-venv.sh);
 # runc/crun (OCI bundles and benchmark peers), debootstrap (Debian container rootfs),
 # dnsmasq and nftables (the daemon's managed networks)
-pkgs=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs iproute2 python3 file gzip xz-utils
+pkgs=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs iproute2 python3 python3-venv file gzip xz-utils
       util-linux procps ca-certificates build-essential pkg-config
       runc crun debootstrap dnsmasq-base nftables)
 for arg in "$@"; do

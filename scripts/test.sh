@@ -7,6 +7,7 @@
 #  2. Linux guest artifacts (scripts/guest-artifacts.sh) 5. the static kapsel, once (release)
 #     and the Debian root image (--debian-image; debootstrap, 2-6 min once, cached)
 #  3. the hand-written test guest, if its script exists  6. cargo test --workspace (debug)
+#  7. without test arguments: schemathesis against the daemon's API (scripts/schemathesis-venv.sh)
 #
 # The Linux end-to-end tests (crates/kapsel/tests/testbed_*.rs) boot real guests with the
 # static release kapsel inside the nested test bed (scripts/testbed.sh); unit tests run in
@@ -78,9 +79,20 @@ trap 'rm -f "$KAPSEL_TESTBED_TIMINGS"' EXIT
 rc=0
 cargo test --workspace -- "$@" || rc=$?
 
+# API fuzzing of the daemon (only in a full run: a test filter means "just these tests")
+st_rc=0
+if [ $# = 0 ]; then
+  step "schemathesis: daemon API against docs/api/daemon.yaml (2 min at most)"
+  ST=$(scripts/schemathesis-venv.sh) || die "schemathesis install (scripts/schemathesis-venv.sh)"
+  cargo build --quiet -p kapsel || die "cargo build -p kapsel"
+  timeout -k 10 120 python3 crates/daemon/tests/schemathesis.py --st "$ST" \
+    --kapsel "${CARGO_TARGET_DIR:-$REPO/target}/debug/kapsel" || st_rc=$?
+fi
+
 if [ -s "$KAPSEL_TESTBED_TIMINGS" ]; then
   step "test-bed timings (host wall time; boots: L1 wall time per L2 boot)"
   cat "$KAPSEL_TESTBED_TIMINGS" >&2
 fi
 [ $rc = 0 ] || die "cargo test (exit $rc)"
+[ $st_rc = 0 ] || die "schemathesis (exit $st_rc: a 5xx, a response off the schema or a daemon crash; 124: over 2 min)"
 step "all tests passed"

@@ -28,6 +28,7 @@ fn limited_disk_serves_every_request_across_limit_changes() {
             path: path.clone(),
             read_only: false,
             serial: "s".into(),
+            format: None,
         },
     )
     .unwrap();

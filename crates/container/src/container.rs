@@ -319,14 +319,21 @@ impl Container {
         // SAFETY: fd was just opened and is owned here.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let read_byte = || {
             let mut b = [0u8; 1];
             // SAFETY: reading one byte into a local buffer.
-            let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-            if n == 1 {
+            unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) == 1 }
+        };
+        loop {
+            if read_byte() {
                 break;
             }
             if self.status() == Status::Stopped {
+                // Its byte may have arrived between the read and the status check: a
+                // program that ends at once was still started.
+                if read_byte() {
+                    break;
+                }
                 return Err(ContainerError::InitDied);
             }
             if Instant::now() > deadline {

@@ -258,10 +258,17 @@ fn send_nonblocking(stream: &UnixStream, buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The socket is bound (and listening, with its mode set) under a temporary name and renamed
+/// into place, so whoever sees `path` exist (the daemon waits for it) can connect at once.
 fn serve_socket(path: &Path, serial: Arc<Mutex<SerialDevice>>) -> io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(".binding");
+    let tmp = path.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+    std::fs::rename(&tmp, path)?;
     let hub = HUB.get_or_init(|| Arc::new(Hub::default())).clone();
     std::thread::Builder::new()
         .name("console-sock".into())

@@ -70,6 +70,20 @@ pub fn vmm_args(inst: &Instance, image: &Image, console: &Path, api: &Path) -> V
     args
 }
 
+/// The `kapsel restore` arguments that resume snapshot `dir` as an instance: the snapshot
+/// holds the VM's configuration (its TAPs and disks are the instance's own); the console and
+/// API sockets are the ones the daemon serves for the instance now.
+pub fn restore_args(dir: &Path, console: &Path, api: &Path) -> Vec<String> {
+    vec![
+        "restore".into(),
+        dir.display().to_string(),
+        "--console".into(),
+        format!("socket:{}", console.display()),
+        "--api-socket".into(),
+        api.display().to_string(),
+    ]
+}
+
 /// Creates the instance's TAPs on the bridges of its networks and names it in their DNS (a
 /// container's monitor makes its veth itself).
 fn prepare_nics(d: &Daemon, inst: &Instance) -> Result<()> {
@@ -117,6 +131,16 @@ pub fn last_log_line(path: &Path) -> String {
 
 /// Spawns the VMM of `name`, puts it in its cgroup, records it and waits until it is ready.
 pub fn start(d: &Daemon, name: &str, reason: StartReason) -> Result<Instance> {
+    start_from(d, name, reason, None)
+}
+
+/// [`start`], or with `snapshot`: a VMM that resumes that snapshot directory (VMs only).
+pub fn start_from(
+    d: &Daemon,
+    name: &str,
+    reason: StartReason,
+    snapshot: Option<&Path>,
+) -> Result<Instance> {
     let (inst, _) = d.db().instance(name)?;
     if d.procs().contains_key(name) {
         return Err(DaemonError::Conflict(format!(
@@ -154,7 +178,10 @@ pub fn start(d: &Daemon, name: &str, reason: StartReason) -> Result<Instance> {
             crate::container::ops::clean_up(d, name);
             crate::container::ops::monitor_args(d, &inst, rootfs)?
         }
-        _ => vmm_args(&inst, &image, &console, &api),
+        _ => match snapshot {
+            Some(dir) => restore_args(dir, &console, &api),
+            None => vmm_args(&inst, &image, &console, &api),
+        },
     };
     cmd.args(args)
         .env("KAPSEL_LOG", "warn")

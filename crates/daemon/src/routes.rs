@@ -112,7 +112,8 @@ pub fn route(d: &Daemon, method: &str, target: &str, raw: &[u8]) -> Result<Reply
             if containers::is_container(d, name)? {
                 json(200, &containers::snapshot_restore(d, name, snap)?)
             } else {
-                snapshots::restore(d, name, snap)
+                let inst = snapshots::restore(d, name, snap)?;
+                json(200, &crate::ops::view(d, inst))
             }
         }
         (_, ["v1", "instances", _, _]) => Err(not_allowed(method, path)),

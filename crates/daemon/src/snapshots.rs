@@ -1,16 +1,17 @@
 //! Instance snapshots through the VMM's control API: the VM is paused for the snapshot
 //! (the VMM requires it) and resumed after if it was running. Snapshots live in the
-//! instance's directory and are listed from the database. Restoring through the daemon
-//! (a VMM started with `kapsel restore`) is not wired in yet.
+//! instance's directory and are listed from the database. Restoring replaces the VMM with
+//! one started from the snapshot (`kapsel restore`).
 
 use std::time::Duration;
 
-use api::daemon::{InstanceStatus, Snapshot};
+use api::daemon::{Instance, InstanceStatus, Snapshot};
 use client::vm::VmClient;
 use client::{ClientError, Endpoint};
 
 use crate::db::now;
 use crate::error::{DaemonError, Result};
+use crate::lifecycle::{self, StartReason};
 use crate::names::{check_name, MAX_NAME};
 use crate::state::Daemon;
 
@@ -83,16 +84,28 @@ pub fn create(d: &Daemon, instance: &str, name: &str) -> Result<Snapshot> {
     Ok(snapshot(d, instance, name, created_at))
 }
 
-/// Restoring needs a VMM started from the snapshot (`kapsel restore`) with the daemon's
-/// console and API sockets; until that is wired in, an existing snapshot answers 501.
-pub fn restore<T>(d: &Daemon, instance: &str, name: &str) -> Result<T> {
+/// Brings a VM back to a snapshot: its VMM (if any) is killed, its state is gone anyway,
+/// and a new one resumes the snapshot (`kapsel restore`) with the instance's console and API
+/// sockets, in its cgroup, supervised as before.
+pub fn restore(d: &Daemon, instance: &str, name: &str) -> Result<Instance> {
+    let _guard = d.claim(instance, "snapshot restore")?;
     d.db().instance(instance)?;
     if !d.db().snapshots(instance)?.iter().any(|(n, _)| n == name) {
         return Err(DaemonError::not_found("snapshot", name));
     }
-    Err(DaemonError::NotSupported(
-        "restoring a snapshot through the daemon",
-    ))
+    let dir = d.config.snapshot_dir(instance, name);
+    if !dir.join("state").is_file() {
+        return Err(DaemonError::Conflict(format!(
+            "snapshot '{name}' of '{instance}' has no state file in {}",
+            dir.display()
+        )));
+    }
+    if d.procs().contains_key(instance) {
+        lifecycle::stop(d, instance, true)?;
+    }
+    let inst = lifecycle::start_from(d, instance, StartReason::User, Some(&dir))?;
+    d.event("snapshot-restored", Some(instance), name);
+    Ok(inst)
 }
 
 pub fn delete(d: &Daemon, instance: &str, name: &str) -> Result<()> {

@@ -136,6 +136,29 @@ fn launch_list_console_stop_start_restart_delete() {
         )
         .unwrap();
     assert_eq!(r.status, 409);
+    // Restore: a new VMM resumes the snapshot (no fresh boot: no IDLE-READY, heartbeats go
+    // on) with the instance's console, running or stopped before.
+    for stop_first in [false, true] {
+        let before = c.get("web-1").unwrap().pid;
+        if stop_first {
+            c.stop("web-1", true).unwrap();
+        }
+        let restored = c
+            .restore_snapshot("web-1", "snap1")
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+        assert_eq!(restored.status, InstanceStatus::Running, "{restored:?}");
+        let pid = restored.pid.expect("pid");
+        assert!(alive(pid));
+        assert_ne!(Some(pid), before);
+        assert!(!alive(before.unwrap()));
+        let text = console_until(&restored.console.expect("console"), "heartbeat");
+        assert!(text.contains("heartbeat"), "{text}");
+        assert!(
+            !text.contains("IDLE-READY"),
+            "rebooted instead of resumed: {text}"
+        );
+    }
+    assert_eq!(status_of(c.restore_snapshot("web-1", "nosnap")), 404);
     let r = ep
         .request_raw("GET", "/v1/instances/web-1/snapshots", b"")
         .unwrap();
@@ -171,6 +194,12 @@ fn launch_list_console_stop_start_restart_delete() {
         "instance-paused",
         "instance-resumed",
         "snapshot-created",
+        "instance-stopped",
+        "instance-started",
+        "snapshot-restored",
+        "instance-stopped",
+        "instance-started",
+        "snapshot-restored",
         "snapshot-deleted",
         "instance-stopped",
         "instance-deleted",

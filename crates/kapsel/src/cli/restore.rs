@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::run::{finish, ControlArgs};
+use super::run::{finish, parse_console, ConsoleArg, ControlArgs};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -24,6 +24,10 @@ pub struct RestoreArgs {
     /// as the snapshot's disk.
     #[arg(long = "disk", value_name = "id=ID,path=FILE[,format=raw]")]
     pub disks: Vec<String>,
+    /// The serial console: `stdio` or `socket:PATH`, as for `kapsel run` (the daemon
+    /// restores its instances with their console socket).
+    #[arg(long, default_value = "stdio", value_parser = parse_console)]
+    pub console: ConsoleArg,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -34,10 +38,15 @@ pub fn run(args: RestoreArgs, start: Instant) -> ExitCode {
             Ok(o) => o,
             Err(e) => return super::fail(&e, vmm::exit::code::CONFIG_ERROR),
         };
-    finish(vmm::restore_and_run(
+    if let ConsoleArg::Socket(path) = &args.console {
+        vmm::console::use_socket(path.clone());
+    }
+    let code = finish(vmm::restore_and_run(
         &args.snapshot,
         &overrides,
         start,
         &args.control.options(),
-    ))
+    ));
+    vmm::console::remove_socket();
+    code
 }

@@ -154,7 +154,7 @@ pub enum ConsoleArg {
     Socket(PathBuf),
 }
 
-fn parse_console(s: &str) -> Result<ConsoleArg, String> {
+pub fn parse_console(s: &str) -> Result<ConsoleArg, String> {
     match s.split_once(':') {
         None if s == "stdio" => Ok(ConsoleArg::Stdio),
         Some(("socket", path)) if !path.is_empty() => Ok(ConsoleArg::Socket(PathBuf::from(path))),

@@ -25,6 +25,17 @@ pub fn format_of(path: &Path) -> Format {
     }
 }
 
+/// Held while layers are made and linked (`copy`) and while unreferenced ones are removed,
+/// so the removal never sees a fresh layer before the overlays that use it exist.
+static LAYERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`LAYERS`].
+pub fn layers_lock() -> std::sync::MutexGuard<'static, ()> {
+    LAYERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The file name of a new instance's root disk.
 pub const ROOT_DISK: &str = "root.qcow2";
 
@@ -40,7 +51,8 @@ pub fn create_overlay(base: &Path, base_format: Format, dst: &Path) -> Result<()
 }
 
 /// Freezes the overlay at `disk` into a new read-only layer and puts a fresh overlay over
-/// that layer at `disk`; returns the layer. The disk's owner must be stopped.
+/// that layer at `disk`; returns the layer. The disk's owner must be stopped, and the caller
+/// holds [`layers_lock`] until every overlay over the new layer exists.
 pub fn freeze(d: &Daemon, disk: &Path, owner: &str) -> Result<PathBuf> {
     let layers = d.config.layer_dir();
     std::fs::create_dir_all(&layers).map_err(|e| DaemonError::io("create", &layers, e))?;
@@ -100,6 +112,7 @@ pub fn users_of(d: &Daemon, file: &Path) -> Result<Vec<String>> {
 
 /// Removes the layers no instance disk's chain reaches any more.
 pub fn collect_garbage(d: &Daemon) -> Result<()> {
+    let _held = layers_lock();
     let layers = d.config.layer_dir();
     let Ok(entries) = std::fs::read_dir(&layers) else {
         return Ok(());

@@ -327,6 +327,7 @@ fn copy_disk(d: &Daemon, name: &str, from: &Path, to: &Path) -> Result<()> {
     if crate::disks::format_of(from) != disk::Format::Qcow2 {
         return sparse_copy(from, to);
     }
+    let _held = crate::disks::layers_lock();
     let layer = crate::disks::freeze(d, from, name)?;
     let _ = std::fs::remove_file(to);
     crate::disks::create_overlay(&layer, disk::Format::Qcow2, to)

@@ -28,8 +28,8 @@ pub enum SnapshotCommand {
     Create(SnapArgs),
     /// List an instance's snapshots.
     List(ListArgs),
-    /// Restore a stopped container's files from a snapshot (VMs: not through the daemon
-    /// yet).
+    /// Restore from a snapshot: a VM resumes the snapshot in a new VMM; a stopped
+    /// container gets the snapshot's files back.
     Restore(SnapArgs),
     /// Delete a snapshot.
     Delete(SnapArgs),

@@ -115,7 +115,10 @@ fn launch_list_console_stop_start_restart_delete() {
     assert_eq!(c.resume("web-1").unwrap().status, InstanceStatus::Running);
     assert_eq!(status_of(c.resume("web-1")), 409);
 
-    // Snapshots: taken through the VMM API (paused for it, running again after).
+    // Snapshots: taken through the VMM API (paused for it, running again after), here once
+    // the guest is past its boot banner (so a restored guest shows none).
+    let text = console_until(&restarted.console.clone().expect("console"), "heartbeat 1");
+    assert!(text.contains("heartbeat 1"), "{text}");
     let ep = c.endpoint();
     let r = ep
         .request_raw(
@@ -155,7 +158,7 @@ fn launch_list_console_stop_start_restart_delete() {
         assert!(text.contains("heartbeat"), "{text}");
         assert!(
             !text.contains("IDLE-READY"),
-            "rebooted instead of resumed: {text}"
+            "rebooted instead of resumed (stopped first: {stop_first}): {text}"
         );
     }
     assert_eq!(status_of(c.restore_snapshot("web-1", "nosnap")), 404);

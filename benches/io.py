@@ -22,6 +22,7 @@ BENCHMARKS.md.
 """
 
 import argparse
+import datetime
 import os
 import re
 import statistics
@@ -80,8 +81,11 @@ vm_bench() {
   wait $pid
   exec 3>&-
   # the guest shell's prompt and echo share the console: take each BENCH line from its marker
-  grep -ao 'BENCH [a-z]* [a-z]*=.*' /tmp/$who.out | sed "s/^BENCH /BENCH who=$who /"
-  grep -q 'BENCH-GUEST-2-DONE' /tmp/$who.out || { echo "BENCH-FAILED who=$who"; tail -40 /tmp/$who.out; }
+  # (patterns that the echo of the typed commands cannot match)
+  grep -aoE 'BENCH (fio job=[^ ]* terse=3;|iperf dir=[^ ]* line=(\[|CPU|GUESTCPU cpu)).*' /tmp/$who.out \
+    | sed "s/^BENCH /BENCH who=$who /"
+  # (the kernel's power-off message may cut the marker's end)
+  grep -q 'BENCH-GUEST-2-' /tmp/$who.out || { echo "BENCH-FAILED who=$who"; tail -40 /tmp/$who.out; }
 }
 """
 
@@ -96,10 +100,12 @@ def guest_cmds(runtime):
             f"fio --name={name} --filename=/dev/vdb --direct=1 --ioengine=libaio {args} "
             f"--time_based --runtime={runtime} --minimal | sed 's/^/BENCH fio job={name} terse=/'")
     for name, rev in [("guest-to-l1", ""), ("l1-to-guest", " -R")]:
+        # guest CPU: /proc/stat before and after (iperf3 -R prints no CPU figure)
         lines.append(
-            f"iperf3 -c $1 -t {runtime} -f m -V{rev} 2>&1 | "
+            f"a=$(head -n1 /proc/stat); iperf3 -c $1 -t {runtime} -f m -V{rev} 2>&1 | "
             f"grep -E 'sender$|receiver$|CPU Utilization' | tr -s ' ' | "
-            f"sed 's/^/BENCH iperf dir={name} line=/'")
+            f"sed 's/^/BENCH iperf dir={name} line=/'; "
+            f"echo \"BENCH iperf dir={name} line=GUESTCPU $a|$(head -n1 /proc/stat)\"")
     # minbase has no poweroff (no init system): the kernel's sysrq does it
     lines.append("echo BENCH-GUEST-$((1+1))-DONE; echo o > /proc/sysrq-trigger")
     body = "".join(f"  printf '%s\\n' {sh_quote(l)}\n" for l in lines)
@@ -138,23 +144,25 @@ def scenario(rounds, runtime):
     return s + "echo BENCH-DONE\n"
 
 
-def parse(output):
-    """{(who, kind, job): [dict, ...]} and the failure lines."""
+def parse(output, rounds):
+    """{(who, kind, job): [dict, ...]} and the problems: stalls, failed fio jobs and missing
+    samples (a VM that died or stalled leaves its round's figures out)."""
     res, problems = {}, []
     for line in output.splitlines():
         line = line.rstrip("\r")
-        if line.startswith("BENCH-FAILED") or line.startswith("BENCH-STALL"):
+        if line.startswith("BENCH-STALL"):
             problems.append(line)
         if not line.startswith("BENCH who="):
             continue
         who = re.search(r"who=(\S+)", line).group(1)
         if " fio job=" in line:
             job = re.search(r"job=(\S+)", line).group(1)
-            f = line.split("terse=", 1)[1].split(";")
-            if not line.split("terse=", 1)[1].startswith("3;"):
+            terse = line.split("terse=", 1)[1]
+            if not terse.startswith("3;"):
                 continue  # the guest's echo of the typed command line
+            f = terse.split(";")
             if len(f) < 90 or f[4] != "0":
-                problems.append(line)
+                problems.append(line[:160])
                 continue
             rd = job.startswith("read") or job.startswith("randread")
             res.setdefault((who, "fio", job), []).append({
@@ -166,17 +174,34 @@ def parse(output):
         elif " iperf dir=" in line:
             d = re.search(r"dir=(\S+)", line).group(1)
             text = line.split("line=", 1)[1]
-            entry = res.setdefault((who, "iperf", d), [{}])[-1]
+            runs = res.setdefault((who, "iperf", d), [])
             m = re.search(r"([\d.]+) Mbits/sec.*receiver$", text)
             if m:
-                entry["mbits"] = float(m.group(1))
-            m = re.search(r"local/(sender|receiver) ([\d.]+)%", text)
-            if m:
-                entry["cpu"] = float(m.group(2))
-                res[(who, "iperf", d)].append({})
-    for k in list(res):
-        res[k] = [e for e in res[k] if e]
+                runs.append({"mbits": float(m.group(1))})
+            m = re.search(r"CPU Utilization: local/\S+ ([\d.]+)%", text)
+            if m and runs:
+                runs[-1]["iperf_cpu"] = float(m.group(1))
+            m = re.match(r"GUESTCPU cpu ([\d ]+)\|cpu ([\d ]+)$", text)
+            if m and runs:
+                runs[-1]["guest_cpu"] = busy_percent(m.group(1), m.group(2))
+    for who in ("kapsel", "qemu", "native"):
+        keys = [("fio", name) for name, _ in JOBS]
+        if who != "native":
+            keys += [("iperf", "guest-to-l1"), ("iperf", "l1-to-guest")]
+        for kind, name in keys:
+            n = len(res.get((who, kind, name), []))
+            if n < rounds:
+                problems.append(f"{who} {name}: {n} of {rounds} samples")
     return res, problems
+
+
+def busy_percent(before, after):
+    """Busy share of all vCPUs between two /proc/stat `cpu` lines (idle and iowait idle)."""
+    a = [int(x) for x in before.split()]
+    b = [int(x) for x in after.split()]
+    delta = [y - x for x, y in zip(a, b)]
+    total = sum(delta[:8])
+    return 100.0 * (total - delta[3] - delta[4]) / total if total > 0 else None
 
 
 def med(res, key, field):
@@ -192,7 +217,7 @@ def f1(v, digits=0):
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-def report(res, problems, rounds, runtime, cmd):
+def report(res, problems, rounds, runtime, cmd, when):
     lines = [
         SECTION, "",
         "The Debian image (`scripts/guest-artifacts.sh --debian-image`: bookworm minbase + fio +",
@@ -205,7 +230,7 @@ def report(res, problems, rounds, runtime, cmd):
         "page cache). iperf3 TCP between the guest and a server in L1 on the TAP address.",
         f"{runtime} s per job, {rounds} interleaved rounds (kapsel and QEMU order alternating),",
         "medians. Nested TCG makes every absolute figure small and noisy (2 host cores run all of",
-        f"L1 and L2); read the ratios. CPU: the guest's fio usr/sys %. Measured {benchlib.utc_now()}.",
+        f"L1 and L2); read the ratios. CPU: the guest's fio usr/sys %. Measured {when}.",
         "",
         "| fio job | kapsel | QEMU | native (L1) | kapsel/QEMU | kapsel/native | guest CPU usr/sys % kapsel | QEMU |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -220,14 +245,15 @@ def report(res, problems, rounds, runtime, cmd):
                for w in ("kapsel", "qemu")}
         lines.append(f"| {name} ({unit}) | {f1(k)} | {f1(q)} | {f1(n)} | {ratio(k, q)} | "
                      f"{ratio(k, n)} | {cpu['kapsel']} | {cpu['qemu']} |")
-    lines += ["", "| iperf3 TCP | kapsel (Mbit/s) | QEMU (Mbit/s) | kapsel/QEMU | guest iperf3 CPU % kapsel | QEMU |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| iperf3 TCP | kapsel (Mbit/s) | QEMU (Mbit/s) | kapsel/QEMU | guest CPU % kapsel | QEMU | iperf3's own CPU % kapsel | QEMU |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for d in ("guest-to-l1", "l1-to-guest"):
         k = med(res, ("kapsel", "iperf", d), "mbits")
         q = med(res, ("qemu", "iperf", d), "mbits")
         lines.append(f"| {d} | {f1(k)} | {f1(q)} | {ratio(k, q)} | "
-                     f"{f1(med(res, ('kapsel', 'iperf', d), 'cpu'), 1)} | "
-                     f"{f1(med(res, ('qemu', 'iperf', d), 'cpu'), 1)} |")
+                     + " | ".join(f1(med(res, (w, "iperf", d), field), 1)
+                                  for field in ("guest_cpu", "iperf_cpu")
+                                  for w in ("kapsel", "qemu")) + " |")
     samples = {w: sum(len(v) for k, v in res.items() if k[0] == w) for w in ("kapsel", "qemu", "native")}
     lines += ["", f"Samples: {samples}. Problems: {problems or 'none'}.", "",
               "Command:", "", "    " + " ".join(cmd), ""]
@@ -258,10 +284,14 @@ def main():
     timeout = 300 + args.rounds * (2 * (200 + 8 * (args.runtime + 15)) + 6 * (args.runtime + 5))
     out, cmd = bl.run_testbed(tb, scenario(args.rounds, args.runtime), timeout,
                               "kapsel-bench-io.log", args.from_log)
-    res, problems = parse(out)
+    res, problems = parse(out, args.rounds)
+    when = benchlib.utc_now()
+    if args.from_log:
+        mtime = datetime.datetime.fromtimestamp(os.path.getmtime(args.from_log), datetime.timezone.utc)
+        when = mtime.strftime("%Y-%m-%d %H:%M UTC")
     text = report(res, problems, args.rounds, args.runtime,
                   ["benches/io.py", f"--rounds {args.rounds}", f"--runtime {args.runtime}"]
-                  + (["--write"] if args.write else []))
+                  + (["--write"] if args.write else []), when)
     print(text)
     if args.write:
         benchlib.write_section(SECTION, text)

@@ -254,6 +254,16 @@ def report(res, problems, rounds, runtime, cmd, when):
                      + " | ".join(f1(med(res, (w, "iperf", d), field), 1)
                                   for field in ("guest_cpu", "iperf_cpu")
                                   for w in ("kapsel", "qemu")) + " |")
+    lines += ["", "Every round (run order), to show the spread the medians hide:", ""]
+    for name, _ in JOBS + [("guest-to-l1", None), ("l1-to-guest", None)]:
+        kind = "fio" if name in dict(JOBS) else "iperf"
+        field = "iops" if "4k" in name else ("mbs" if kind == "fio" else "mbits")
+        per = []
+        for w in ("kapsel", "qemu", "native"):
+            vals = [round(e[field]) for e in res.get((w, kind, name), []) if field in e]
+            if vals:
+                per.append(f"{w} {vals}")
+        lines.append(f"- {name}: " + "; ".join(per))
     samples = {w: sum(len(v) for k, v in res.items() if k[0] == w) for w in ("kapsel", "qemu", "native")}
     lines += ["", f"Samples: {samples}. Problems: {problems or 'none'}.", "",
               "Command:", "", "    " + " ".join(cmd), ""]

@@ -633,3 +633,48 @@ fn bad_cli_input_fails_with_one_clear_line() {
         "bad-input cases that failed: {failures:#?}"
     );
 }
+
+#[test]
+fn memory_backing_prealloc_and_lock_boot_and_hugepages_without_a_pool_is_one_line() {
+    require_kvm();
+    let kernel = guest(Entry::Pvh);
+    let kernel = kernel.to_str().expect("utf-8 path");
+    let args = |backing: &'static str| {
+        [
+            "run",
+            "--kernel",
+            kernel,
+            "--cmdline",
+            "test=hello",
+            "--memory",
+            "64M",
+            "--memory-backing",
+            backing,
+        ]
+    };
+    for backing in ["prealloc", "lock", "prealloc,lock"] {
+        let run = kapsel(&args(backing));
+        run.assert_pass("hello");
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let free_pages = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if free_pages < 32 {
+        // too few reserved 2 MiB pages for 64 MiB: refused before the guest starts
+        let run = kapsel(&args("hugepages"));
+        assert_eq!(run.code, Some(1), "{}", run.dump());
+        let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{}", run.dump());
+        assert!(
+            lines[0].starts_with("kapsel: ") && lines[0].contains("nr_hugepages"),
+            "{}",
+            run.dump()
+        );
+    }
+    let run = kapsel(&args("prealloc,huge"));
+    assert_eq!(run.code, Some(2), "usage error: {}", run.dump());
+    assert!(run.stderr.contains("'huge'"), "{}", run.dump());
+}

@@ -126,7 +126,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
     vm.set_tss_and_identity_map()?;
     vm.create_irqchip_and_pit()?;
 
-    let memory = create_guest_memory(config.memory)?;
+    let memory = create_guest_memory(config.memory, config.memory_backing)?;
     // KVM takes milliseconds to register a memory slot on some hosts; do it while the
     // kernel and the firmware tables are written into the same (already mapped) memory.
     let kernel = std::thread::scope(|scope| {

@@ -30,6 +30,9 @@ pub struct VmConfig {
     /// The memory balloon (`--balloon`).
     #[serde(default)]
     pub balloon: Option<crate::balloon::BalloonSpec>,
+    /// How guest RAM is backed (`--memory-backing`).
+    #[serde(default)]
+    pub memory_backing: crate::memory_backing::MemoryBacking,
 }
 
 /// The default kernel command line: serial console, reboot through the i8042, and no
@@ -137,6 +140,7 @@ mod tests {
             disks: Vec::new(),
             rng: false,
             balloon: None,
+            memory_backing: Default::default(),
         }
     }
 

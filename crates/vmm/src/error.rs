@@ -25,6 +25,8 @@ pub enum VmmError {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    #[error(transparent)]
+    MemoryBacking(#[from] crate::memory_backing::BackingError),
     #[error("KVM setup failed")]
     Hv(#[from] hv::HvError),
     #[error("cannot load kernel {path}: {source}")]

@@ -22,6 +22,7 @@ pub mod error;
 pub mod exit;
 pub mod io_limits;
 pub mod memory;
+pub mod memory_backing;
 pub mod net_config;
 pub mod net_devices;
 pub mod pci;

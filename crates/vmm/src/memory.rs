@@ -3,15 +3,23 @@
 use arch::GuestMemoryMmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::memory_backing::MemoryBacking;
 use crate::VmmError;
 
-/// Maps `size` bytes of guest RAM (lazily backed: untouched pages cost nothing).
-pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, VmmError> {
+/// Maps `size` bytes of guest RAM: lazily backed (untouched pages cost nothing) unless
+/// `backing` asks for hugepages, preallocation or locking.
+pub fn create_guest_memory(size: u64, backing: MemoryBacking) -> Result<GuestMemoryMmap, VmmError> {
     let ranges: Vec<(GuestAddress, usize)> = arch::memory::ram_regions(size)
         .into_iter()
         .map(|(addr, len)| (GuestAddress(addr), len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmmError::Memory { size, source })
+    let mem = if backing.hugepages {
+        crate::memory_backing::hugepage_memory(&ranges)?
+    } else {
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmmError::Memory { size, source })?
+    };
+    crate::memory_backing::commit(&mem, backing)?;
+    Ok(mem)
 }
 
 /// Gives every region of `mem` to the VM as one KVM memory slot each.

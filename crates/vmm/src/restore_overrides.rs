@@ -287,6 +287,7 @@ mod tests {
             disks: vec![crate::disk_config::parse_disk("path=/a.img").unwrap()],
             rng: false,
             balloon: None,
+            memory_backing: Default::default(),
         }
     }
 

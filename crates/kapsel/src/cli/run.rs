@@ -55,6 +55,11 @@ pub struct RunArgs {
     /// none of these).
     #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
     pub balloon: Option<String>,
+    /// Guest RAM backing, so a memory guarantee is real: `prealloc` (every page allocated
+    /// before the guest starts), `lock` (pinned in RAM), `hugepages` (from the host's reserved
+    /// 2 MiB pages; refused when too few are free), comma-separated.
+    #[arg(long, value_name = "prealloc,lock,hugepages", default_value = "", value_parser = parse_backing)]
+    pub memory_backing: vmm::memory_backing::MemoryBacking,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -130,7 +135,12 @@ fn config(args: &RunArgs) -> Result<VmConfig, vmm::config::ConfigError> {
             .as_deref()
             .map(vmm::balloon::parse_balloon)
             .transpose()?,
+        memory_backing: args.memory_backing,
     })
+}
+
+fn parse_backing(s: &str) -> Result<vmm::memory_backing::MemoryBacking, String> {
+    vmm::memory_backing::MemoryBacking::parse(s).map_err(|e| e.to_string())
 }
 
 /// Runs the VM and maps its end to the process exit code; errors are one line on stderr.

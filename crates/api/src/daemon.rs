@@ -141,6 +141,10 @@ pub struct InstanceConfig {
     /// Memory limit of the whole VMM process in MiB (default: guest memory + overhead).
     #[serde(default)]
     pub memory_limit_mib: Option<u64>,
+    /// VMs: guest RAM backing, `prealloc`, `lock`, `hugepages` comma-separated (the VMM's
+    /// `--memory-backing`); empty is lazily allocated memory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub memory_backing: String,
     /// Networks the instance has a NIC on (a container has at most one).
     #[serde(default)]
     pub networks: Vec<String>,
@@ -243,6 +247,7 @@ impl CreateInstance {
             cpu_cap_percent: self.cpu_cap_percent,
             cpuset: self.cpuset.clone(),
             memory_limit_mib: self.memory_limit_mib,
+            memory_backing: String::new(),
             networks: self.networks.clone(),
             command: self.command.clone(),
             pids_limit: self.pids_limit,
@@ -281,6 +286,9 @@ pub struct InstanceUpdate {
     /// Containers: 0 clears the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u64>,
+    /// VMs, next start: `prealloc`, `lock`, `hugepages` comma-separated; empty clears.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_backing: Option<String>,
 }
 
 /// `POST /v1/instances/{name}/stop`.

@@ -162,6 +162,7 @@ mod tests {
             cpu_cap_percent: None,
             cpuset: None,
             memory_limit_mib: None,
+            memory_backing: String::new(),
             networks: Vec::new(),
             command: Vec::new(),
             pids_limit: None,

@@ -62,6 +62,10 @@ pub fn vmm_args(inst: &Instance, image: &Image, console: &Path, api: &Path) -> V
             netsetup::mac(&inst.name, i)
         ));
     }
+    if !inst.config.memory_backing.is_empty() {
+        args.push("--memory-backing".into());
+        args.push(inst.config.memory_backing.clone());
+    }
     if let Some(disk) = &inst.disk {
         args.push("--disk".into());
         let format = crate::disks::format_of(std::path::Path::new(disk));
@@ -352,6 +356,7 @@ mod tests {
                 cpu_cap_percent: None,
                 cpuset: None,
                 memory_limit_mib: None,
+                memory_backing: String::new(),
                 networks: Vec::new(),
                 command: Vec::new(),
                 pids_limit: None,

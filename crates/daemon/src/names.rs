@@ -93,6 +93,13 @@ pub fn check_config(c: &InstanceConfig, host_cpus: usize, host_memory_mib: u64) 
     for n in &c.networks {
         check_name("network", n, MAX_NETWORK_NAME)?;
     }
+    for word in c.memory_backing.split(',').filter(|w| !w.is_empty()) {
+        if !["prealloc", "lock", "hugepages"].contains(&word) {
+            return bad(format!(
+                "memory_backing: unknown option {word:?} (known: prealloc, lock, hugepages)"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -133,6 +140,7 @@ mod tests {
             cpu_cap_percent: None,
             cpuset: None,
             memory_limit_mib: None,
+            memory_backing: String::new(),
             networks: Vec::new(),
             command: Vec::new(),
             pids_limit: None,

@@ -295,6 +295,14 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
         c.memory_limit_mib = (v != 0).then_some(v);
     }
     let container = inst.kind == InstanceKind::Container;
+    if let Some(v) = &upd.memory_backing {
+        if container && !v.is_empty() {
+            return Err(DaemonError::BadRequest(
+                "memory_backing applies to VMs only".into(),
+            ));
+        }
+        c.memory_backing = v.clone();
+    }
     if let Some(v) = upd.pids_limit {
         if !container {
             return Err(DaemonError::BadRequest(

@@ -339,3 +339,65 @@ fn hostile_callers_get_clear_4xx_and_state_stays_consistent() {
     assert_eq!(names, ["dup", "race"]);
     assert_eq!(c.host().unwrap().running, 1);
 }
+
+/// `VmLck` of a process in KiB.
+fn locked_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn memory_backing_applies_at_start_and_bad_values_are_400() {
+    if !kvm_available() {
+        return;
+    }
+    let d = TestDaemon::start();
+    let c = d.client();
+    let mut r = request("locked", "idle", RestartPolicy::No);
+    r.start = false;
+    c.create(&r).unwrap();
+    let set = |v: &str| InstanceUpdate {
+        memory_backing: Some(v.into()),
+        ..Default::default()
+    };
+    assert_eq!(status_of(c.update("locked", &set("prealloc,huge"))), 400);
+    let upd = c.update("locked", &set("prealloc,lock")).unwrap();
+    assert_eq!(upd.config.memory_backing, "prealloc,lock");
+    // locked guest memory: all 64 MiB of it pinned in the VMM
+    let inst = c
+        .start("locked")
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let pid = inst.pid.expect("pid");
+    let lck = locked_kib(pid);
+    assert!(lck >= 64 << 10, "VmLck {lck} KiB");
+    c.stop("locked", true).unwrap();
+
+    // hugepages with none free: the start fails with the VMM's one line
+    let free = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("HugePages_Free:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    if free == "0" {
+        c.update("locked", &set("hugepages")).unwrap();
+        match c.start("locked") {
+            Err(ClientError::Status { status, message }) => {
+                assert_eq!(status, 422, "{message}");
+                assert!(message.contains("nr_hugepages"), "{message}");
+            }
+            other => panic!("hugepages without a pool started: {other:?}"),
+        }
+    }
+    // cleared: back to lazily allocated memory
+    c.update("locked", &set("")).unwrap();
+    let inst = c.start("locked").unwrap();
+    assert_eq!(locked_kib(inst.pid.expect("pid")), 0);
+    c.delete("locked", true).unwrap();
+}

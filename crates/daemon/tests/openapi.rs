@@ -90,6 +90,7 @@ fn config() -> InstanceConfig {
         cpu_cap_percent: None,
         cpuset: None,
         memory_limit_mib: None,
+        memory_backing: "prealloc,lock".into(),
         networks: Vec::new(),
         command: vec!["sh".into()],
         pids_limit: Some(1),
@@ -110,6 +111,7 @@ fn schemas_match_the_api_types() {
         cpuset: Some(String::new()),
         memory_limit_mib: Some(1),
         pids_limit: Some(1),
+        memory_backing: Some("lock".into()),
     };
     let instance = Instance {
         name: "a".into(),

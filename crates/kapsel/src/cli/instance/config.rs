@@ -20,6 +20,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "memory.limit",
         "VMM memory limit, e.g. 1G, 0 = default (live)",
     ),
+    (
+        "memory.backing",
+        "prealloc, lock, hugepages comma-separated, empty clears (next start)",
+    ),
 ];
 
 #[derive(Debug, Args)]
@@ -70,6 +74,7 @@ pub fn update_from_pairs(pairs: &[String]) -> Result<InstanceUpdate, String> {
             "cpuset" => u.cpuset = Some(v.to_string()),
             "memory.limit" => u.memory_limit_mib = Some(if v == "0" { 0 } else { parse_mib(v)? }),
             "pids" => u.pids_limit = Some(number(k, v)?),
+            "memory.backing" => u.memory_backing = Some(v.to_string()),
             _ => {
                 let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
                 return Err(format!(

@@ -53,6 +53,10 @@ pub enum ConfigError {
     TooLittleMemory { asked: u64, min: u64 },
     #[error("--memory {asked} MiB is more than this host's {host} MiB of RAM")]
     TooMuchMemory { asked: u64, host: u64 },
+    #[error(
+        "--balloon cannot give back memory that --memory-backing {0} pins; use one or the other"
+    )]
+    BalloonPinned(&'static str),
     #[error(transparent)]
     DeviceOption(#[from] crate::net_config::OptionError),
     #[error(transparent)]
@@ -105,6 +109,16 @@ impl VmConfig {
                 asked: self.memory >> 20,
                 host: host_memory >> 20,
             });
+        }
+        // a balloon frees guest pages with MADV_DONTNEED, which locked or hugetlb memory
+        // refuses (prealloc is fine: the balloon takes part of the guarantee back)
+        if self.balloon.is_some() {
+            if self.memory_backing.lock {
+                return Err(ConfigError::BalloonPinned("lock"));
+            }
+            if self.memory_backing.hugepages {
+                return Err(ConfigError::BalloonPinned("hugepages"));
+            }
         }
         Ok(())
     }
@@ -189,5 +203,27 @@ mod tests {
             Err(ConfigError::TooMuchMemory { .. })
         ));
         assert_eq!(config(32, 16 << 30).validate(host, 288), Ok(()));
+    }
+
+    #[test]
+    fn a_balloon_cannot_go_with_pinned_memory() {
+        let host = 24u64 << 30;
+        let mut c = config(1, 256 << 20);
+        c.balloon = Some(crate::balloon::BalloonSpec::default());
+        c.memory_backing.prealloc = true;
+        assert_eq!(c.validate(host, 288), Ok(()));
+        c.memory_backing.lock = true;
+        let e = c.validate(host, 288).unwrap_err();
+        assert_eq!(e, ConfigError::BalloonPinned("lock"));
+        assert!(
+            e.to_string().starts_with("--balloon cannot give back"),
+            "{e}"
+        );
+        c.memory_backing.lock = false;
+        c.memory_backing.hugepages = true;
+        assert_eq!(
+            c.validate(host, 288),
+            Err(ConfigError::BalloonPinned("hugepages"))
+        );
     }
 }

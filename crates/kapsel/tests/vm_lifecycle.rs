@@ -228,6 +228,47 @@ fn snapshot_then_restore_in_a_new_process_continues_the_count() {
     assert_eq!(restored.stop(), 0);
 }
 
+/// The balloon's target (set while the VM runs) and options survive a snapshot and a restore
+/// in a new process (the test guest has no balloon driver: the device is saved inactive).
+#[test]
+fn a_balloon_keeps_its_target_across_snapshot_and_restore() {
+    require_kvm();
+    let dir = tempdir("balloon");
+    let snap = dir.join("snap");
+    let socket = dir.join("api.sock");
+    let mut cmd = kapsel();
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(test_guest(TestGuestEntry::Pvh))
+        .args(["--cmdline", "test=count", "--memory", "128M"])
+        .args(["--balloon", "stats_period=2,free_page_reporting=on"])
+        .arg("--api-socket")
+        .arg(&socket);
+    let vm = Vmm::spawn(cmd, &socket);
+    vm.wait_counts(2);
+    assert_eq!(vm.client.set_balloon(48).unwrap().target_mib, 48);
+    let (status, msg) = status_of(vm.client.set_balloon(129).unwrap_err());
+    assert_eq!(status, 400, "{msg}");
+    vm.client.pause().unwrap();
+    vm.client.snapshot(snap.to_str().unwrap()).unwrap();
+    assert_eq!(vm.stop(), 0);
+
+    let socket = dir.join("restored.sock");
+    let mut cmd = kapsel();
+    cmd.arg("restore")
+        .arg(&snap)
+        .arg("--api-socket")
+        .arg(&socket);
+    let restored = Vmm::spawn(cmd, &socket);
+    restored.wait_counts(2);
+    let b = restored.client.balloon().unwrap();
+    assert_eq!(b.target_mib, 48, "{b:?}");
+    assert_eq!(b.stats_period_secs, Some(2), "{b:?}");
+    assert!(b.free_page_reporting && !b.deflate_on_oom, "{b:?}");
+    assert_eq!(restored.client.set_balloon(0).unwrap().target_mib, 0);
+    assert_eq!(restored.stop(), 0);
+}
+
 /// A valid snapshot to damage, made once per test that needs one.
 fn make_snapshot(dir: &Path) -> PathBuf {
     let snap = dir.join("good");

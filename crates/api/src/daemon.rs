@@ -145,6 +145,12 @@ pub struct InstanceConfig {
     /// `--memory-backing`); empty is lazily allocated memory.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub memory_backing: String,
+    /// VMs: I/O limits of the root disk (`disk0`), applied live and at every start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_limits: Option<crate::vm::IoLimit>,
+    /// VMs: I/O limits of every network card, applied live and at every start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_limits: Option<crate::vm::NetLimits>,
     /// Networks the instance has a NIC on (a container has at most one).
     #[serde(default)]
     pub networks: Vec<String>,
@@ -248,6 +254,8 @@ impl CreateInstance {
             cpuset: self.cpuset.clone(),
             memory_limit_mib: self.memory_limit_mib,
             memory_backing: String::new(),
+            disk_limits: None,
+            net_limits: None,
             networks: self.networks.clone(),
             command: self.command.clone(),
             pids_limit: self.pids_limit,
@@ -289,6 +297,12 @@ pub struct InstanceUpdate {
     /// VMs, next start: `prealloc`, `lock`, `hugepages` comma-separated; empty clears.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_backing: Option<String>,
+    /// VMs, live: the root disk's limits (all fields unset clears them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_limits: Option<crate::vm::IoLimit>,
+    /// VMs, live: every network card's limits (all unset clears them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_limits: Option<crate::vm::NetLimits>,
 }
 
 /// `POST /v1/instances/{name}/stop`.

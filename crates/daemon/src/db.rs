@@ -543,6 +543,8 @@ mod tests {
                 cpuset: None,
                 memory_limit_mib: None,
                 memory_backing: String::new(),
+                disk_limits: None,
+                net_limits: None,
                 networks: Vec::new(),
                 command: Vec::new(),
                 pids_limit: None,

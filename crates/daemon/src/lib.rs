@@ -17,6 +17,7 @@ pub mod disks;
 pub mod error;
 pub mod events;
 pub mod images;
+pub mod iolimits;
 pub mod lifecycle;
 pub mod metrics;
 pub mod names;

@@ -253,6 +253,11 @@ pub fn start_from(
         }
     }
     wait_ready(d, name, pid, &console, &log_path)?;
+    if !container && crate::iolimits::any(&inst.config) {
+        if let Err(e) = crate::iolimits::apply_at_start(d, &inst) {
+            tracing::warn!(instance = name, error = %e.line(), "I/O limits not applied");
+        }
+    }
     let kind = match reason {
         StartReason::User => "instance-started",
         StartReason::Restart => "instance-restarted",
@@ -357,6 +362,8 @@ mod tests {
                 cpuset: None,
                 memory_limit_mib: None,
                 memory_backing: String::new(),
+                disk_limits: None,
+                net_limits: None,
                 networks: Vec::new(),
                 command: Vec::new(),
                 pids_limit: None,

@@ -303,6 +303,19 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
         }
         c.memory_backing = v.clone();
     }
+    if let Some(v) = upd.disk_limits {
+        c.disk_limits = Some(v);
+    }
+    if let Some(v) = upd.net_limits {
+        c.net_limits = Some(v);
+    }
+    if container && (c.disk_limits.is_some() || c.net_limits.is_some()) {
+        return Err(DaemonError::BadRequest(
+            "disk_limits and net_limits apply to VMs only".into(),
+        ));
+    }
+    crate::iolimits::check(&inst, &c)?;
+    crate::iolimits::normalize(&mut c);
     if let Some(v) = upd.pids_limit {
         if !container {
             return Err(DaemonError::BadRequest(
@@ -321,6 +334,9 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
             d.cgroups.apply(name, &res)?;
         } else {
             d.cgroups.update(name, &c)?;
+            if upd.disk_limits.is_some() || upd.net_limits.is_some() {
+                crate::iolimits::apply(d, &inst, &c)?;
+            }
         }
     }
     d.db().set_config(name, &c)?;

@@ -401,3 +401,67 @@ fn memory_backing_applies_at_start_and_bad_values_are_400() {
     assert_eq!(locked_kib(inst.pid.expect("pid")), 0);
     c.delete("locked", true).unwrap();
 }
+
+#[test]
+fn disk_limits_apply_live_and_at_every_start() {
+    if !kvm_available() {
+        return;
+    }
+    let d = TestDaemon::start();
+    let c = d.client();
+    let disk = d.dir.path().join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    c.import_image(&api::daemon::ImportImage {
+        name: "tgd".into(),
+        kernel: common::test_guest().display().to_string(),
+        rootfs: None,
+        initrd: None,
+        disk: Some(disk.display().to_string()),
+        cmdline: Some("console=ttyS0".into()),
+    })
+    .unwrap();
+    let mut r = request("lim", "idle", RestartPolicy::No);
+    r.image = "tgd".into();
+    c.create(&r).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let vm = client::vm::VmClient::new(client::Endpoint::new(
+        d.dir.path().join("run/instances/lim/api.sock"),
+    ));
+    assert!(vm.disk_limits("disk0").unwrap().is_unlimited());
+    let limit = api::vm::IoLimit {
+        bytes_per_sec: Some(10 << 20),
+        ops_per_sec: Some(500),
+        ..Default::default()
+    };
+    let set = |l: api::vm::IoLimit| InstanceUpdate {
+        disk_limits: Some(l),
+        ..Default::default()
+    };
+    // live: the running VMM's disk is limited at once
+    let inst = c.update("lim", &set(limit)).unwrap();
+    assert_eq!(
+        inst.config.disk_limits.unwrap().bytes_per_sec,
+        Some(10 << 20)
+    );
+    let now = vm.disk_limits("disk0").unwrap();
+    assert_eq!(
+        (now.bytes_per_sec, now.ops_per_sec),
+        (Some(10 << 20), Some(500))
+    );
+    // and again after a restart (a new VMM)
+    c.restart("lim").unwrap();
+    let now = vm.disk_limits("disk0").unwrap();
+    assert_eq!(now.bytes_per_sec, Some(10 << 20), "after restart");
+    // bad limits are 400, NICs the instance lacks are no error, clearing works
+    let bad = api::vm::IoLimit {
+        bytes_burst: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(status_of(c.update("lim", &set(bad))), 400);
+    let cleared = c.update("lim", &set(api::vm::IoLimit::default())).unwrap();
+    assert_eq!(cleared.config.disk_limits, None);
+    assert!(vm.disk_limits("disk0").unwrap().is_unlimited());
+    // an instance without a disk has none to limit
+    c.create(&request("nodisk", "idle", RestartPolicy::No))
+        .unwrap();
+    assert_eq!(status_of(c.update("nodisk", &set(limit))), 400);
+}

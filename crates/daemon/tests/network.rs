@@ -160,6 +160,24 @@ fn bridge_dhcp_dns_nat_and_guest_to_guest() {
             );
             assert!(m.contains(&series), "{series} missing from:\n{m}");
         }
+        // NIC limits apply live to the running VMM's card
+        let upd = api::daemon::InstanceUpdate {
+            net_limits: Some(api::vm::NetLimits {
+                rx: api::vm::IoLimit {
+                    bytes_per_sec: Some(1 << 20),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        d.client().update("vm-net", &upd).unwrap();
+        let vm = client::vm::VmClient::new(client::Endpoint::new(
+            d.dir.path().join("run/instances/vm-net/api.sock"),
+        ));
+        let now = vm.net_limits("net0").unwrap();
+        assert_eq!(now.rx.bytes_per_sec, Some(1 << 20));
+        assert!(now.tx.is_unlimited());
         // dnsmasq learns the instance's name for its NIC's MAC (DNS by instance name)
         let host = d.dir.path().join("state/networks/t1/hosts/vm-net");
         let entry = std::fs::read_to_string(&host).unwrap();

@@ -91,6 +91,11 @@ fn config() -> InstanceConfig {
         cpuset: None,
         memory_limit_mib: None,
         memory_backing: "prealloc,lock".into(),
+        disk_limits: Some(api::vm::IoLimit {
+            bytes_per_sec: Some(1),
+            ..Default::default()
+        }),
+        net_limits: Some(api::vm::NetLimits::default()),
         networks: Vec::new(),
         command: vec!["sh".into()],
         pids_limit: Some(1),
@@ -112,6 +117,13 @@ fn schemas_match_the_api_types() {
         memory_limit_mib: Some(1),
         pids_limit: Some(1),
         memory_backing: Some("lock".into()),
+        disk_limits: Some(api::vm::IoLimit {
+            bytes_per_sec: Some(1),
+            bytes_burst: Some(1),
+            ops_per_sec: Some(1),
+            ops_burst: None,
+        }),
+        net_limits: Some(api::vm::NetLimits::default()),
     };
     let instance = Instance {
         name: "a".into(),

@@ -21,6 +21,14 @@ pub const KEYS: &[(&str, &str)] = &[
         "VMM memory limit, e.g. 1G, 0 = default (live)",
     ),
     (
+        "disk.limits",
+        "root disk: bw=20M,iops=500,bw_burst=…,iops_burst=…, empty clears (live)",
+    ),
+    (
+        "net.limits",
+        "every NIC: rx_bw=10M,tx_bw=…,rx_ops=…,tx_ops=… (bw=/ops= both ways), empty clears (live)",
+    ),
+    (
         "memory.backing",
         "prealloc, lock, hugepages comma-separated, empty clears (next start)",
     ),
@@ -75,6 +83,19 @@ pub fn update_from_pairs(pairs: &[String]) -> Result<InstanceUpdate, String> {
             "memory.limit" => u.memory_limit_mib = Some(if v == "0" { 0 } else { parse_mib(v)? }),
             "pids" => u.pids_limit = Some(number(k, v)?),
             "memory.backing" => u.memory_backing = Some(v.to_string()),
+            "disk.limits" => {
+                let l = vmm::net_config::parse_disk_limits("disk.limits", v)
+                    .map_err(|e| e.to_string())?;
+                u.disk_limits = Some(vmm::io_limits::from_spec(&l));
+            }
+            "net.limits" => {
+                let (rx, tx) = vmm::net_config::parse_net_limits("net.limits", v)
+                    .map_err(|e| e.to_string())?;
+                u.net_limits = Some(api::vm::NetLimits {
+                    rx: vmm::io_limits::from_spec(&rx),
+                    tx: vmm::io_limits::from_spec(&tx),
+                });
+            }
             _ => {
                 let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
                 return Err(format!(

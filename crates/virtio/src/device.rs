@@ -166,6 +166,8 @@ pub enum StateError {
     WorkerLost,
     #[error("cannot restart the device")]
     Resume(#[source] ActivateError),
+    #[error("cannot flush the disk image before the snapshot")]
+    Flush(#[source] std::io::Error),
 }
 
 /// Reads device configuration bytes at `offset` out of `config`; bytes past its end (or an

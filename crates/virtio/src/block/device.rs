@@ -243,6 +243,9 @@ impl VirtioDevice for Block {
         if let Some(w) = self.worker.take() {
             self.paused = Some(w.stop().ok_or(StateError::WorkerLost)?);
         }
+        // Every completed write reaches the image file: a qcow2 image keeps metadata in this
+        // process until a flush, and a VM restored from the snapshot reopens the file.
+        self.disk.flush().map_err(StateError::Flush)?;
         let queues = self
             .paused
             .iter()
@@ -385,5 +388,42 @@ mod tests {
         };
         assert!(matches!(Block::new("vda", &cfg), Err(BlockError::Empty(_))));
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn pausing_for_a_snapshot_writes_qcow2_metadata_to_the_file() {
+        use vm_memory::{Bytes, GuestAddress};
+        let dir = std::env::temp_dir().join(format!("kapsel-blkq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.qcow2");
+        disk::create(
+            &path,
+            &disk::CreateOptions {
+                size: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let cfg = BlockConfig {
+            path: path.clone(),
+            read_only: false,
+            serial: "q".into(),
+            format: Some(disk::Format::Qcow2),
+        };
+        let mut b = Block::new("vda", &cfg).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        mem.write_slice(&[0x77; 512], GuestAddress(0x1000)).unwrap();
+        b.disk
+            .write(&mem, 8, &[(GuestAddress(0x1000), 512)])
+            .unwrap();
+        b.pause_and_save().unwrap();
+        // Another process restoring the snapshot opens the file afresh.
+        let other = disk::open(&path, disk::Format::Qcow2, true).unwrap();
+        let mut got = [0u8; 512];
+        other.read_at(&mut got, 8 * 512).unwrap();
+        assert_eq!(got, [0x77; 512]);
+        drop(b);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -151,6 +151,10 @@ pub struct InstanceConfig {
     /// VMs: I/O limits of every network card, applied live and at every start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_limits: Option<crate::vm::NetLimits>,
+    /// VMs: a memory balloon with this target in MiB (0: deflated); the balloon is added at
+    /// start, its target changes live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon_mib: Option<u64>,
     /// Networks the instance has a NIC on (a container has at most one).
     #[serde(default)]
     pub networks: Vec<String>,
@@ -256,6 +260,7 @@ impl CreateInstance {
             memory_backing: String::new(),
             disk_limits: None,
             net_limits: None,
+            balloon_mib: None,
             networks: self.networks.clone(),
             command: self.command.clone(),
             pids_limit: self.pids_limit,
@@ -303,6 +308,10 @@ pub struct InstanceUpdate {
     /// VMs, live: every network card's limits (all unset clears them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_limits: Option<crate::vm::NetLimits>,
+    /// VMs: the balloon's target in MiB (live when the VMM has a balloon, else from the next
+    /// start, which adds one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon_mib: Option<u64>,
 }
 
 /// `POST /v1/instances/{name}/stop`.

@@ -545,6 +545,7 @@ mod tests {
                 memory_backing: String::new(),
                 disk_limits: None,
                 net_limits: None,
+                balloon_mib: None,
                 networks: Vec::new(),
                 command: Vec::new(),
                 pids_limit: None,

@@ -10,6 +10,7 @@
 //! - [`container`]: containers as instances (a monitor process per container, exec,
 //!   snapshots of the writable layer, veth networking).
 
+pub mod balloon;
 pub mod cgroups;
 pub mod container;
 pub mod db;

@@ -66,6 +66,10 @@ pub fn vmm_args(inst: &Instance, image: &Image, console: &Path, api: &Path) -> V
         args.push("--memory-backing".into());
         args.push(inst.config.memory_backing.clone());
     }
+    if inst.config.balloon_mib.is_some() {
+        args.push("--balloon".into());
+        args.push(String::new());
+    }
     if let Some(disk) = &inst.disk {
         args.push("--disk".into());
         let format = crate::disks::format_of(std::path::Path::new(disk));
@@ -258,6 +262,11 @@ pub fn start_from(
             tracing::warn!(instance = name, error = %e.line(), "I/O limits not applied");
         }
     }
+    if let Some(target) = inst.config.balloon_mib.filter(|t| !container && *t > 0) {
+        if let Err(e) = crate::balloon::set_target(d, name, target, Duration::from_secs(10)) {
+            tracing::warn!(instance = name, error = %e.line(), "balloon target not applied");
+        }
+    }
     let kind = match reason {
         StartReason::User => "instance-started",
         StartReason::Restart => "instance-restarted",
@@ -364,6 +373,7 @@ mod tests {
                 memory_backing: String::new(),
                 disk_limits: None,
                 net_limits: None,
+                balloon_mib: None,
                 networks: Vec::new(),
                 command: Vec::new(),
                 pids_limit: None,

@@ -93,6 +93,20 @@ pub fn check_config(c: &InstanceConfig, host_cpus: usize, host_memory_mib: u64) 
     for n in &c.networks {
         check_name("network", n, MAX_NETWORK_NAME)?;
     }
+    if let Some(b) = c.balloon_mib {
+        if b > c.memory_mib {
+            return bad(format!(
+                "balloon_mib {b} must be at most memory_mib ({})",
+                c.memory_mib
+            ));
+        }
+        if c.memory_backing.contains("lock") || c.memory_backing.contains("hugepages") {
+            return bad(
+                "a balloon cannot free locked or hugepage memory: drop lock/hugepages from memory_backing"
+                    .into(),
+            );
+        }
+    }
     for word in c.memory_backing.split(',').filter(|w| !w.is_empty()) {
         if !["prealloc", "lock", "hugepages"].contains(&word) {
             return bad(format!(
@@ -143,6 +157,7 @@ mod tests {
             memory_backing: String::new(),
             disk_limits: None,
             net_limits: None,
+            balloon_mib: None,
             networks: Vec::new(),
             command: Vec::new(),
             pids_limit: None,

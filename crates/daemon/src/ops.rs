@@ -303,6 +303,14 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
         }
         c.memory_backing = v.clone();
     }
+    if let Some(v) = upd.balloon_mib {
+        if container {
+            return Err(DaemonError::BadRequest(
+                "balloon_mib applies to VMs only".into(),
+            ));
+        }
+        c.balloon_mib = Some(v);
+    }
     if let Some(v) = upd.disk_limits {
         c.disk_limits = Some(v);
     }
@@ -336,6 +344,15 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
             d.cgroups.update(name, &c)?;
             if upd.disk_limits.is_some() || upd.net_limits.is_some() {
                 crate::iolimits::apply(d, &inst, &c)?;
+            }
+            if let Some(target) = upd.balloon_mib {
+                let live = crate::balloon::set_target(d, name, target, std::time::Duration::ZERO)?;
+                if !live {
+                    tracing::info!(
+                        instance = name,
+                        "no balloon in the running VMM: target applies from the next start"
+                    );
+                }
             }
         }
     }

@@ -465,3 +465,43 @@ fn disk_limits_apply_live_and_at_every_start() {
         .unwrap();
     assert_eq!(status_of(c.update("nodisk", &set(limit))), 400);
 }
+
+#[test]
+fn balloon_target_set_live_and_added_at_start() {
+    if !kvm_available() {
+        return;
+    }
+    let d = TestDaemon::start();
+    let c = d.client();
+    c.create(&request("bal", "idle", RestartPolicy::No))
+        .unwrap();
+    let set = |mib: u64| InstanceUpdate {
+        balloon_mib: Some(mib),
+        ..Default::default()
+    };
+    // started without a balloon: stored, from the next start
+    assert_eq!(
+        c.update("bal", &set(16)).unwrap().config.balloon_mib,
+        Some(16)
+    );
+    assert_eq!(
+        status_of(c.update("bal", &set(65))),
+        400,
+        "above guest memory"
+    );
+    c.restart("bal")
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let vm = client::vm::VmClient::new(client::Endpoint::new(
+        d.dir.path().join("run/instances/bal/api.sock"),
+    ));
+    assert_eq!(vm.balloon().unwrap().target_mib, 16);
+    // now live
+    c.update("bal", &set(32)).unwrap();
+    assert_eq!(vm.balloon().unwrap().target_mib, 32);
+    // a balloon cannot free locked memory
+    let lock = InstanceUpdate {
+        memory_backing: Some("lock".into()),
+        ..Default::default()
+    };
+    assert_eq!(status_of(c.update("bal", &lock)), 400);
+}

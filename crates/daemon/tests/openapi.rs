@@ -96,6 +96,7 @@ fn config() -> InstanceConfig {
             ..Default::default()
         }),
         net_limits: Some(api::vm::NetLimits::default()),
+        balloon_mib: Some(0),
         networks: Vec::new(),
         command: vec!["sh".into()],
         pids_limit: Some(1),
@@ -124,6 +125,7 @@ fn schemas_match_the_api_types() {
             ops_burst: None,
         }),
         net_limits: Some(api::vm::NetLimits::default()),
+        balloon_mib: Some(0),
     };
     let instance = Instance {
         name: "a".into(),

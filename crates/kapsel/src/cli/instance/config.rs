@@ -29,6 +29,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "every NIC: rx_bw=10M,tx_bw=…,rx_ops=…,tx_ops=… (bw=/ops= both ways), empty clears (live)",
     ),
     (
+        "balloon",
+        "balloon target, e.g. 256M, 0 deflated (live; the next start adds the balloon)",
+    ),
+    (
         "memory.backing",
         "prealloc, lock, hugepages comma-separated, empty clears (next start)",
     ),
@@ -83,6 +87,7 @@ pub fn update_from_pairs(pairs: &[String]) -> Result<InstanceUpdate, String> {
             "memory.limit" => u.memory_limit_mib = Some(if v == "0" { 0 } else { parse_mib(v)? }),
             "pids" => u.pids_limit = Some(number(k, v)?),
             "memory.backing" => u.memory_backing = Some(v.to_string()),
+            "balloon" => u.balloon_mib = Some(if v == "0" { 0 } else { parse_mib(v)? }),
             "disk.limits" => {
                 let l = vmm::net_config::parse_disk_limits("disk.limits", v)
                     .map_err(|e| e.to_string())?;

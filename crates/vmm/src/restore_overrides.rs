@@ -12,7 +12,10 @@
 //! one-line error.
 //!
 //! What a guest sees:
-//! - A new TAP is invisible to the guest: its card keeps its MAC, link and queues.
+//! - A new TAP keeps the guest's card as it was (MAC, link, queues), but the host end is a new
+//!   interface with its own MAC (so is the auto TAP of every restore): the guest's ARP entry
+//!   for the host address points at the old MAC until the host sends first (its ARP request
+//!   updates the entry) or the entry expires (within a minute).
 //! - A new MAC is written into the card's configuration space, but the driver read the MAC
 //!   when it probed the card and keeps sending from the old one until it probes again (a
 //!   reboot, or unbinding and binding the driver). Clones on one bridge need distinct MACs:

@@ -6,50 +6,16 @@
 //! appended to the shared initramfs as a second concatenated cpio.gz archive; the same binary
 //! is the host side in L1.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use test_infra::scenario::sh_quote;
-use test_infra::{repo_root, TestBed};
+use test_infra::TestBed;
+
+#[path = "common/vsock_tool.rs"]
+mod vsock_tool;
+use vsock_tool::{tool_archive, vsock_tool};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
 const MB: u32 = 10;
-
-/// Builds the static vsock-tool once (its own cargo workspace).
-fn vsock_tool() -> PathBuf {
-    let root = repo_root();
-    let target_dir = root.join("target/vsock-tool");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(root.join("guests/vsock-tool"))
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .status()
-        .expect("run cargo for vsock-tool");
-    assert!(status.success(), "building guests/vsock-tool failed");
-    target_dir.join("x86_64-unknown-linux-gnu/release/vsock-tool")
-}
-
-/// A gzipped newc cpio archive holding `bin/vsock-tool`, to append to an initramfs.
-fn tool_archive(tool: &Path) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kapsel-vsock-cpio-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("tree/bin")).expect("mkdir");
-    std::fs::copy(tool, dir.join("tree/bin/vsock-tool")).expect("copy tool");
-    let out = dir.join("vsock-tool.cpio.gz");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd {} && find bin | cpio -o -H newc --quiet | gzip -1 > {}",
-            sh_quote(&dir.join("tree").to_string_lossy()),
-            sh_quote(&out.to_string_lossy())
-        ))
-        .status()
-        .expect("run cpio");
-    assert!(status.success(), "cpio failed");
-    out
-}
 
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()

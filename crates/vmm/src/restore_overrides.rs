@@ -4,7 +4,7 @@
 //! ```text
 //! kapsel restore DIR --net id=net0,tap=NAME|auto[,mac=…][,ip=ADDR/PREFIX]
 //!                    --vsock socket=PATH[,cid=N]
-//!                    --disk id=disk0,path=FILE[,format=raw]
+//!                    --disk id=disk0,path=FILE[,format=raw|qcow2]
 //! ```
 //! `--net` and `--disk` repeat (one per device, named by its id: `net0`, `net1`, … and the
 //! disk ids of the saved `--disk`s, `disk0`, … by default). Everything is checked against the
@@ -24,7 +24,8 @@
 //!   guest uses it at once; its old connections are reset either way.
 //! - A disk override must have the saved disk's size (the guest sized its block device at
 //!   probe time); its contents are whatever the file holds, so give each clone its own copy
-//!   (or overlay) of the disk the snapshot was taken with.
+//!   or qcow2 overlay (`format=qcow2`; without `format=` the saved disk's format stays) of
+//!   the disk the snapshot was taken with.
 
 use std::path::PathBuf;
 
@@ -53,6 +54,8 @@ pub struct VsockOverride {
 pub struct DiskOverride {
     pub id: String,
     pub path: PathBuf,
+    /// `None`: the saved disk's format.
+    pub format: Option<disk::Format>,
 }
 
 /// Every override of one restore.
@@ -165,23 +168,28 @@ pub fn parse_vsock_override(s: &str) -> Result<VsockOverride, OverrideError> {
     Ok(o)
 }
 
-/// Parses one `--disk` override: `id=`, `path=` and optionally `format=raw`.
+/// Parses one `--disk` override: `id=`, `path=` and optionally `format=raw|qcow2`.
 pub fn parse_disk_override(s: &str) -> Result<DiskOverride, OverrideError> {
     const OPT: &str = "disk";
-    let (mut id, mut path) = (None, None);
+    let (mut id, mut path, mut format) = (None, None, None);
     for (k, v) in key_values(OPT, s)? {
         match k {
             "id" => id = Some(v.to_string()),
             "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
             "path" => return Err(bad(OPT, k, v, "expected a path")),
-            "format" if v == "raw" => {}
-            "format" => return Err(bad(OPT, k, v, "only raw images are supported")),
+            "format" => {
+                format = Some(
+                    v.parse::<disk::Format>()
+                        .map_err(|_| bad(OPT, k, v, "expected raw or qcow2"))?,
+                );
+            }
             _ => return Err(unknown(OPT, k, "id, path, format")),
         }
     }
     Ok(DiskOverride {
         id: id.ok_or_else(|| missing(OPT, "id"))?,
         path: path.ok_or_else(|| missing(OPT, "path"))?,
+        format,
     })
 }
 
@@ -237,6 +245,9 @@ impl RestoreOverrides {
         for o in &self.disks {
             let i = position("disk", &disk_ids, &o.id)?;
             config.disks[i].path.clone_from(&o.path);
+            if o.format.is_some() {
+                config.disks[i].format = o.format;
+            }
         }
         Ok(())
     }
@@ -308,7 +319,7 @@ mod tests {
         let o = parse(
             &["id=net0,tap=clone1,mac=52:54:00:00:00:11"],
             Some("socket=/tmp/c1.sock,cid=7"),
-            &["id=disk0,path=/c1.img,format=raw"],
+            &["id=disk0,path=/c1.img,format=qcow2"],
         )
         .unwrap();
         let mut c = config();
@@ -324,6 +335,7 @@ mod tests {
             })
         );
         assert_eq!(c.disks[0].path, PathBuf::from("/c1.img"));
+        assert_eq!(c.disks[0].format, Some(disk::Format::Qcow2));
         assert!(!c.disks[0].read_only);
 
         let mut c = config();

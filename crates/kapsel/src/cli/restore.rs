@@ -20,9 +20,9 @@ pub struct RestoreArgs {
     /// Override the vsock device: `socket=PATH[,cid=N]`.
     #[arg(long, value_name = "socket=PATH[,cid=N]")]
     pub vsock: Option<String>,
-    /// Override a disk's image: `id=disk0,path=FILE[,format=raw]` (repeatable); same size
-    /// as the snapshot's disk.
-    #[arg(long = "disk", value_name = "id=ID,path=FILE[,format=raw]")]
+    /// Override a disk's image: `id=disk0,path=FILE[,format=raw|qcow2]` (repeatable; the
+    /// saved format without `format=`); same size as the snapshot's disk.
+    #[arg(long = "disk", value_name = "id=ID,path=FILE[,format=raw|qcow2]")]
     pub disks: Vec<String>,
     /// The serial console: `stdio` or `socket:PATH`, as for `kapsel run` (the daemon
     /// restores its instances with their console socket).

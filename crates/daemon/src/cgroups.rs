@@ -117,6 +117,7 @@ pub fn resources(c: &InstanceConfig, host_cpus: usize) -> Resources {
         .unwrap_or(c.memory_mib + VMM_OVERHEAD_MIB);
     Resources {
         cpu_shares: Some(weight_to_shares(weight)),
+        cpu_weight: Some(weight),
         cpu_period: Some(PERIOD_US),
         cpu_quota: Some(quota),
         cpuset_cpus: Some(
@@ -176,6 +177,7 @@ mod tests {
     fn defaults_are_written_explicitly() {
         let r = resources(&config(), 2);
         assert_eq!(r.cpu_shares, Some(1024));
+        assert_eq!(r.cpu_weight, Some(100));
         assert_eq!(r.cpu_quota, Some(-1));
         assert_eq!(r.memory_limit, Some((192i64) << 20));
         assert_eq!(r.cpuset_cpus.as_deref(), Some("0-1"));

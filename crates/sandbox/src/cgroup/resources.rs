@@ -66,6 +66,10 @@ impl DeviceRule {
 pub struct Resources {
     /// CPU shares in v1 units (2..=262144, 1024 is the default weight).
     pub cpu_shares: Option<u64>,
+    /// CPU weight in v2 units (1..=10000, 100 is the default); v2 writes it as it is instead
+    /// of converting `cpu_shares` (OCI's formula maps 1024 shares to weight 39, not 100), v1
+    /// ignores it.
+    pub cpu_weight: Option<u64>,
     /// CPU time allowed per period, in µs; with `cpu_period` this is the cap.
     pub cpu_quota: Option<i64>,
     /// Period for `cpu_quota`, in µs (default 100000).

@@ -30,8 +30,11 @@ impl V2Manager {
     }
 
     fn apply_cpu(&self, dir: &Path, res: &Resources) -> Result<(), CgroupError> {
-        if let Some(s) = res.cpu_shares {
-            let w = Resources::shares_to_weight(s);
+        let weight = res
+            .cpu_weight
+            .map(|w| w.clamp(1, 10_000))
+            .or(res.cpu_shares.map(Resources::shares_to_weight));
+        if let Some(w) = weight {
             fs::write(dir, "cpu.weight", &w.to_string())?;
         }
         if res.cpu_quota.is_some() || res.cpu_period.is_some() {
@@ -229,6 +232,14 @@ mod tests {
         m.apply(&res).unwrap();
         assert_eq!(read(tmp.path(), "cpu.max"), "50000 100000");
         assert_eq!(read(tmp.path(), "cpu.weight"), "39");
+        // a v2 weight given as such is written as it is
+        let weighted = Resources {
+            cpu_shares: Some(3072),
+            cpu_weight: Some(300),
+            ..Resources::default()
+        };
+        m.apply(&weighted).unwrap();
+        assert_eq!(read(tmp.path(), "cpu.weight"), "300");
         assert_eq!(read(tmp.path(), "memory.max"), "67108864");
         assert_eq!(
             read(tmp.path(), "memory.swap.max"),

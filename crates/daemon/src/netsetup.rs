@@ -95,6 +95,13 @@ fn hosts_dir(state: &Path, name: &str) -> PathBuf {
     net_dir(state, name).join("hosts")
 }
 
+/// dnsmasq's `--hostsdir` (`names` in the network's directory): one hosts-format file per
+/// container on the network (`ADDRESS NAME NAME.kapsel`), for instances whose address the
+/// daemon assigns rather than dnsmasq's DHCP.
+fn names_dir(state: &Path, name: &str) -> PathBuf {
+    net_dir(state, name).join("names")
+}
+
 fn table(name: &str) -> String {
     format!("kapsel_{name}").replace('-', "_")
 }
@@ -190,6 +197,8 @@ fn start_dnsmasq(dir: &Path, net: &Network, subnet: &Subnet) -> Result<()> {
     let (lo, hi) = subnet.dhcp_range();
     let hosts = dir.join("hosts");
     std::fs::create_dir_all(&hosts).map_err(|e| DaemonError::io("create", &hosts, e))?;
+    let names = dir.join("names");
+    std::fs::create_dir_all(&names).map_err(|e| DaemonError::io("create", &names, e))?;
     let args = [
         "--conf-file=/dev/null".to_string(),
         "--strict-order".into(),
@@ -202,6 +211,7 @@ fn start_dnsmasq(dir: &Path, net: &Network, subnet: &Subnet) -> Result<()> {
         "--dhcp-authoritative".into(),
         format!("--dhcp-leasefile={}", dir.join("leases").display()),
         format!("--dhcp-hostsdir={}", hosts.display()),
+        format!("--hostsdir={}", names.display()),
         format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
         "--domain=kapsel".into(),
         "--local=/kapsel/".into(),
@@ -247,13 +257,31 @@ fn net_dev_stat(text: &str, iface: &str, stat: &str) -> Option<u64> {
 
 /// Gives the NIC with `mac` the host name `instance` in the network's DHCP and DNS (so guests
 /// find each other by instance name, `NAME` or `NAME.kapsel`, whatever hostname they send).
-/// dnsmasq reads a new file of its hosts directory by itself (inotify); the file is written
-/// under a dot name (which dnsmasq ignores) and renamed into place.
 pub fn register_host(state: &Path, network: &str, instance: &str, mac: &str) -> Result<()> {
-    let dir = hosts_dir(state, network);
-    std::fs::create_dir_all(&dir).map_err(|e| DaemonError::io("create", &dir, e))?;
+    write_entry(
+        &hosts_dir(state, network),
+        instance,
+        &format!("{mac},{instance}\n"),
+    )
+}
+
+/// Names the fixed address `ip` `instance` (and `instance.kapsel`) in the network's DNS: a
+/// container's address comes from the daemon, not from a DHCP lease, so dnsmasq learns it
+/// from a hosts file.
+pub fn register_name(state: &Path, network: &str, instance: &str, ip: Ipv4Addr) -> Result<()> {
+    write_entry(
+        &names_dir(state, network),
+        instance,
+        &format!("{ip} {instance} {instance}.kapsel\n"),
+    )
+}
+
+/// Writes `line` as the file `instance` of one of dnsmasq's watched directories, unless it
+/// is already there. dnsmasq reads a new file by itself (inotify); the file is written under
+/// a dot name (which dnsmasq ignores), synced and renamed into place.
+fn write_entry(dir: &Path, instance: &str, line: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| DaemonError::io("create", dir, e))?;
     let path = dir.join(instance);
-    let line = format!("{mac},{instance}\n");
     if std::fs::read_to_string(&path).is_ok_and(|old| old == line) {
         return Ok(());
     }
@@ -267,11 +295,14 @@ pub fn register_host(state: &Path, network: &str, instance: &str, mac: &str) -> 
     written.map_err(|e| DaemonError::io("write", &path, e))
 }
 
-/// Forgets `instance`'s host name on `network` (instance deleted). dnsmasq keeps records of
-/// deleted files until it rereads its files, so it gets a SIGHUP.
+/// Forgets `instance`'s host name and address record on `network` (instance deleted).
+/// dnsmasq keeps records of deleted files until it rereads its files, so it gets a SIGHUP.
 pub fn unregister_host(state: &Path, network: &str, instance: &str) {
-    let path = hosts_dir(state, network).join(instance);
-    if std::fs::remove_file(&path).is_ok() {
+    let mut removed = false;
+    for dir in [hosts_dir(state, network), names_dir(state, network)] {
+        removed |= std::fs::remove_file(dir.join(instance)).is_ok();
+    }
+    if removed {
         if let Some(pid) = dnsmasq_pid(&net_dir(state, network)) {
             let _ = crate::process::kill(pid, libc::SIGHUP);
         }

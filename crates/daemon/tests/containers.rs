@@ -4,8 +4,9 @@
 //! directory, a killed monitor restarted per policy, a killed daemon leaving containers
 //! running and re-attaching, and an httpd in one container reached from another over the
 //! bridge from another container, from the bridge's side and from a DHCP-configured stand-in
-//! for a VM on the same bridge, which the container reaches in turn (the daemon in its own
-//! network namespace).
+//! for a VM on the same bridge, which the container reaches in turn, and every container
+//! named NAME and NAME.kapsel in the bridge's dnsmasq (also after dnsmasq restarts, gone on
+//! delete; the container's resolv.conf points at it) (the daemon in its own network namespace).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -499,7 +500,58 @@ fn httpd_in_a_container_is_reachable_over_the_bridge() {
         (0, "hello-from-vm\n"),
         "{r:?}"
     );
-    drop(vm);
+
+    // Names: each container is NAME and NAME.kapsel in the bridge's dnsmasq, for the VM and
+    // for the other containers (whose resolv.conf points at the bridge).
+    for name in ["web", "web.kapsel"] {
+        assert_eq!(vm.lookup(name).as_deref(), Some(ip), "{name}");
+    }
+    assert_eq!(vm.lookup("cli.kapsel").as_deref(), Some("10.78.0.253"));
+    let r = exec(
+        &d,
+        "cli",
+        "cat /etc/resolv.conf; nslookup web; wget -qO- http://web/",
+    );
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .starts_with("nameserver 10.78.0.1\nsearch kapsel\n"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains(ip) && r.stdout.ends_with("hello-from-web\n"),
+        "{r:?}"
+    );
+    // dnsmasq restarted by the daemon's supervisor (as after a crash or a host reboot) finds
+    // the names again in the network's state directory.
+    let pid_file = d.dir.path().join("state/networks/ct/dnsmasq.pid");
+    let old: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signalling the dnsmasq this test's daemon started.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let new = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if new.is_some_and(|p| p != old && alive(p)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dnsmasq not restarted:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while vm.lookup("web").as_deref() != Some(ip) {
+        assert!(Instant::now() < deadline, "web unknown to the new dnsmasq");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The container's NIC counters come from its veth.
     let m = c.metrics().unwrap();
@@ -514,9 +566,12 @@ fn httpd_in_a_container_is_reachable_over_the_bridge() {
         .unwrap_or_else(|| panic!("no NIC counter for web:\n{m}"));
     assert!(sent > 0, "web sent nothing: {m}");
 
-    for n in ["web", "cli"] {
-        c.delete(n, true).unwrap();
-    }
+    // A deleted container's name is gone at once.
+    c.delete("web", true).unwrap();
+    assert_eq!(vm.lookup("web"), None, "web still resolves after delete");
+    assert_eq!(vm.lookup("cli").as_deref(), Some("10.78.0.253"));
+    drop(vm);
+    c.delete("cli", true).unwrap();
     c.delete_network("ct").unwrap();
 }
 
@@ -593,6 +648,23 @@ impl FakeVm {
         }
     }
 
+    /// The address `name` has in the bridge's dnsmasq, as this namespace's `nslookup` sees
+    /// it (its exit code also counts the AAAA answer, which a container does not have).
+    fn lookup(&self, name: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.busybox)
+            .args(["nslookup", "-type=a", name, "10.78.0.1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rfind(|l| l.starts_with("Address"))
+            .and_then(|l| l.split_whitespace().next_back())
+            .filter(|a| !a.ends_with(":53"))
+            .map(str::to_string)
+    }
+
     fn run(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns])
@@ -602,7 +674,8 @@ impl FakeVm {
             .unwrap();
         assert!(
             out.status.success(),
-            "{args:?}: {}",
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
+use container::config::MountConfig;
 use container::{Container, ContainerConfig, CreateOptions, RootfsSource, Stdio};
 
 use crate::cgroups;
@@ -74,6 +75,14 @@ pub fn container_config(spec: &MonitorSpec) -> ContainerConfig {
     cfg.cgroups_path = spec.cgroup.clone();
     cfg.resources = cgroups::container_resources(&spec.config, spec.host_cpus);
     cfg.process.terminal = true;
+    if let Some(resolv) = spec.net.as_ref().and_then(|n| n.resolv_conf.as_ref()) {
+        cfg.mounts.push(MountConfig {
+            destination: "/etc/resolv.conf".into(),
+            kind: "bind".into(),
+            source: resolv.display().to_string(),
+            options: vec!["bind".into(), "ro".into()],
+        });
+    }
     cfg
 }
 

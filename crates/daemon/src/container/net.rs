@@ -7,7 +7,9 @@
 //! held by other containers. dnsmasq checks an address with a ping before it leases it, so a
 //! VM does not get an address a running container holds.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use crate::container::spec::NetSpec;
 use crate::error::{DaemonError, Result};
@@ -55,7 +57,10 @@ pub fn allocate(d: &Daemon, network: &str) -> Result<String> {
     Ok(format!("{addr}/{}", subnet.prefix))
 }
 
-/// What the monitor of container `name` needs to wire it to `network`.
+/// What the monitor of container `name` needs to wire it to `network`. Also names the
+/// container in the network's DNS (`NAME`, `NAME.kapsel`; the record stays while the
+/// container exists, as its address does) and writes the `resolv.conf` the container gets,
+/// pointing at the bridge's dnsmasq.
 pub fn spec(d: &Daemon, name: &str, network: &str, address: &str) -> Result<NetSpec> {
     let net = d
         .db()
@@ -64,13 +69,43 @@ pub fn spec(d: &Daemon, name: &str, network: &str, address: &str) -> Result<NetS
         .find(|n| n.name == network)
         .ok_or_else(|| DaemonError::BadRequest(format!("network '{network}' does not exist")))?;
     let subnet = Subnet::parse(&net.address)?;
+    let ip: Ipv4Addr = address
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            DaemonError::Corrupt(format!("container '{name}' has address {address:?}"))
+        })?;
+    netsetup::register_name(&d.config.state_dir, network, name, ip)?;
+    let resolv_conf = d.config.instance_run_dir(name).join("resolv.conf");
+    write_resolv_conf(&resolv_conf, subnet.gateway)?;
     Ok(NetSpec {
         bridge: net.bridge,
         host_if: host_if(name),
         mac: netsetup::mac(name, 0),
         address: address.to_string(),
         gateway: subnet.gateway.to_string(),
+        resolv_conf: Some(resolv_conf),
     })
+}
+
+/// The container's `/etc/resolv.conf` (bind-mounted read-only over the image's): the
+/// bridge's dnsmasq, and `kapsel` as the search domain. Written atomically.
+fn resolv_conf_text(gateway: Ipv4Addr) -> String {
+    format!("nameserver {gateway}\nsearch kapsel\n")
+}
+
+fn write_resolv_conf(path: &Path, gateway: Ipv4Addr) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(|e| DaemonError::io("create", dir, e))?;
+    let tmp = path.with_extension("conf.tmp");
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(resolv_conf_text(gateway).as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| DaemonError::io("write", path, e))
 }
 
 /// Creates the veth pair and configures the container's end inside the network namespace
@@ -133,6 +168,17 @@ mod tests {
         assert_eq!(
             pick_address(&s, &[top]),
             Some("10.77.0.253".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn resolv_conf_names_the_bridge() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run/resolv.conf");
+        write_resolv_conf(&p, "10.77.0.1".parse().unwrap()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "nameserver 10.77.0.1\nsearch kapsel\n"
         );
     }
 }

@@ -46,6 +46,9 @@ pub struct NetSpec {
     pub address: String,
     /// The bridge's address: the default route.
     pub gateway: String,
+    /// The file bind-mounted (read-only) as the container's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl MonitorSpec {

@@ -11,6 +11,8 @@
 //! | GET | `/metrics` | – | Prometheus text |
 //! | GET | `/vm/disks/{id}/limits` | – | [`IoLimit`] |
 //! | PUT | `/vm/disks/{id}/limits` | [`IoLimit`] | [`IoLimit`] |
+//! | GET | `/vm/disks/{id}/backend` | – | [`DiskBackend`] |
+//! | PUT | `/vm/disks/{id}/backend` | [`DiskBackendRequest`] | [`DiskBackend`] |
 //! | GET | `/vm/nets/{id}/limits` | – | [`NetLimits`] |
 //! | PUT | `/vm/nets/{id}/limits` | [`NetLimits`] | [`NetLimits`] |
 //! | GET | `/vm/balloon` | – | [`BalloonInfo`] |
@@ -183,6 +185,37 @@ pub struct NetLimits {
     pub rx: IoLimit,
     #[serde(default)]
     pub tx: IoLimit,
+}
+
+/// The on-disk format of a disk image (always said, never guessed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+/// Body of `PUT /vm/disks/{id}/backend`: the image the disk continues on. The VM must be
+/// paused, and the image's backing chain must contain the image the disk has open (a fresh
+/// qcow2 overlay over it, typically), with the same virtual size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskBackendRequest {
+    /// The new image file (absolute).
+    pub path: String,
+    pub format: DiskFormat,
+}
+
+/// The answer of `GET`/`PUT /vm/disks/{id}/backend`: the image a disk serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskBackend {
+    /// The image file as it was opened.
+    pub path: String,
+    pub format: DiskFormat,
+    pub read_only: bool,
+    /// The disk's capacity as the guest sees it.
+    pub size_bytes: u64,
 }
 
 /// Body of `PUT /vm/balloon`: how much memory the guest should hand back to the host.

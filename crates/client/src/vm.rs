@@ -1,8 +1,8 @@
 //! Client for the per-VM control API (see [`api::vm`]).
 
 use api::vm::{
-    BalloonInfo, BalloonRequest, IoLimit, NetLimits, ShutdownRequest, SnapshotInfo,
-    SnapshotRequest, VmInfo,
+    BalloonInfo, BalloonRequest, DiskBackend, DiskBackendRequest, IoLimit, NetLimits,
+    ShutdownRequest, SnapshotInfo, SnapshotRequest, VmInfo,
 };
 
 use crate::{ClientError, Endpoint};
@@ -65,6 +65,23 @@ impl VmClient {
     pub fn set_disk_limits(&self, id: &str, limit: &IoLimit) -> Result<IoLimit, ClientError> {
         self.endpoint
             .request("PUT", &format!("/vm/disks/{id}/limits"), Some(limit))
+    }
+
+    /// The image disk `id` serves.
+    pub fn disk_backend(&self, id: &str) -> Result<DiskBackend, ClientError> {
+        self.endpoint
+            .request::<(), _>("GET", &format!("/vm/disks/{id}/backend"), None)
+    }
+
+    /// Makes disk `id` of the paused VM continue on another image (an overlay over the one
+    /// it has open); returns the image it serves now.
+    pub fn set_disk_backend(
+        &self,
+        id: &str,
+        req: &DiskBackendRequest,
+    ) -> Result<DiskBackend, ClientError> {
+        self.endpoint
+            .request("PUT", &format!("/vm/disks/{id}/backend"), Some(req))
     }
 
     /// The I/O limits of network card `id` (`net0`, …) in effect.

@@ -318,3 +318,77 @@ fn live_balloon_responses_match_the_document() {
         "{metrics}"
     );
 }
+
+/// The disk image switch on a VM with a qcow2 disk: refused while running, for unknown
+/// disks, unopenable files and images that do not build on the open one; done when paused.
+#[test]
+fn live_backend_responses_match_the_document() {
+    require_kvm();
+    let doc = doc();
+    let d = dir("backend");
+    let base = d.join("base.qcow2");
+    let create = |path: &Path, opts: disk::CreateOptions| disk::create(path, &opts).unwrap();
+    create(
+        &base,
+        disk::CreateOptions {
+            size: Some(1 << 20),
+            ..Default::default()
+        },
+    );
+    let disk_arg = format!("path={},format=qcow2", base.display());
+    let (_vmm, ep) = start_vmm(&d, &["--disk".into(), disk_arg]);
+    let over = |name: &str, backing: &Path, size: Option<u64>| {
+        let p = d.join(name);
+        create(
+            &p,
+            disk::CreateOptions {
+                size,
+                backing: Some((backing.display().to_string(), disk::Format::Qcow2)),
+                ..Default::default()
+            },
+        );
+        format!("{{\"path\":\"{}\",\"format\":\"qcow2\"}}", p.display())
+    };
+    let good = over("top.qcow2", &base, None);
+    let bigger = over("big.qcow2", &base, Some(2 << 20));
+    let stranger = d.join("stranger.qcow2");
+    create(
+        &stranger,
+        disk::CreateOptions {
+            size: Some(1 << 20),
+            ..Default::default()
+        },
+    );
+    let unrelated = over("unrelated.qcow2", &stranger, None);
+    let missing = format!(
+        "{{\"path\":\"{}\",\"format\":\"qcow2\"}}",
+        d.join("missing").display()
+    );
+    let steps: &[(&str, &str, &str, u16)] = &[
+        ("GET", "/vm/disks/disk0/backend", "", 200),
+        ("GET", "/vm/disks/disk1/backend", "", 404),
+        ("PUT", "/vm/disks/disk0/backend", &good, 409),
+        ("PUT", "/vm/pause", "", 200),
+        ("PUT", "/vm/disks/disk1/backend", &good, 404),
+        ("PUT", "/vm/disks/disk0/backend", &missing, 400),
+        ("PUT", "/vm/disks/disk0/backend", &unrelated, 400),
+        ("PUT", "/vm/disks/disk0/backend", &bigger, 400),
+        ("PUT", "/vm/disks/disk0/backend", "{\"path\":\"/x\"}", 400),
+        (
+            "PUT",
+            "/vm/disks/disk0/backend",
+            "{\"path\":\"x\",\"format\":\"raw\"}",
+            400,
+        ),
+        ("PUT", "/vm/disks/disk0/backend", &good, 200),
+        ("GET", "/vm/disks/disk0/backend", "", 200),
+        ("PUT", "/vm/resume", "", 200),
+    ];
+    for (method, path, body, want) in steps {
+        let got = check(&doc, &ep, method, path, body);
+        assert_eq!(got, *want, "{method} {path} {body}");
+    }
+    let now = client::vm::VmClient::new(ep).disk_backend("disk0").unwrap();
+    assert_eq!(now.path, d.join("top.qcow2").display().to_string());
+    assert_eq!(now.size_bytes, 1 << 20);
+}

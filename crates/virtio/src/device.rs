@@ -98,6 +98,13 @@ pub trait VirtioDevice: Send {
         let _ = state;
         Err(StateError::Unsupported(self.device_type()))
     }
+
+    /// The device model itself, for run-time operations only one kind of device has (a
+    /// disk's backend switch): the VMM downcasts it to the model it expects. `None` for
+    /// devices without such operations.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// Where a device's workers left one queue: the ring positions (the transport keeps the

@@ -213,6 +213,11 @@ impl<'m> RawRing<'m> {
             .expect("ring read")
     }
 
+    /// The guest memory the ring lives in.
+    pub fn memory(&self) -> &'m GuestMemoryMmap {
+        self.mem
+    }
+
     /// The device's view of the ring.
     pub fn queue(&self) -> Queue {
         let mut q = Queue::new(QSIZE).expect("queue");

@@ -29,6 +29,8 @@ pub struct BuiltVm {
     pub msr_list: Vec<u32>,
     /// The disks' and network cards' rate limiters (for run-time changes).
     pub io_limits: crate::io_limits::IoLimits,
+    /// The image each disk has open (for run-time backend switches).
+    pub disk_backends: crate::disk_backend::DiskBackends,
     /// The memory balloon, if configured.
     pub balloon: Option<crate::balloon::VmBalloon>,
 }
@@ -151,7 +153,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
         devices.mmio_bus.clone(),
         memory.clone(),
     )?;
-    let io_limits = crate::pci::add_configured_devices(&mut pci, config)?;
+    let (io_limits, disk_backends) = crate::pci::add_configured_devices(&mut pci, config)?;
     let balloon = crate::balloon::add_balloon(&mut pci, config)?;
 
     let cpus = config.cpus as u8;
@@ -185,6 +187,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
         vcpus,
         msr_list: hv.msr_index_list()?,
         io_limits,
+        disk_backends,
         balloon,
     })
 }
@@ -226,7 +229,7 @@ pub fn restore_vm(
         devices.mmio_bus.clone(),
         memory.clone(),
     )?;
-    let io_limits = crate::pci::add_configured_devices(&mut pci, &config)?;
+    let (io_limits, disk_backends) = crate::pci::add_configured_devices(&mut pci, &config)?;
     let balloon = crate::balloon::add_balloon(&mut pci, &config)?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (id, saved) in state.vcpus.iter().enumerate() {
@@ -247,6 +250,7 @@ pub fn restore_vm(
             vcpus,
             msr_list: hv.msr_index_list()?,
             io_limits,
+            disk_backends,
             balloon,
         },
         config,

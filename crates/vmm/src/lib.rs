@@ -17,6 +17,7 @@ pub mod builder;
 pub mod config;
 pub mod console;
 pub mod devices;
+pub mod disk_backend;
 pub mod disk_config;
 pub mod error;
 pub mod exit;

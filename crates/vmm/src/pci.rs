@@ -105,6 +105,15 @@ impl PciDevices {
         self.devices.iter().map(|(id, _)| id.as_str())
     }
 
+    /// Runs `f` on the device model `id` if it is a `T` (a disk's [`virtio::block::Block`],
+    /// say); `None` when there is no such device.
+    pub fn with_device<T: 'static, R>(&self, id: &str, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let (_, dev) = self.devices.iter().find(|(d, _)| d == id)?;
+        let mut transport = lock(dev);
+        let model = transport.device_mut().as_any_mut()?.downcast_mut::<T>()?;
+        Some(f(model))
+    }
+
     /// Snapshot, step 1: pauses every virtio device (their workers complete what they hold
     /// and stop, so guest memory stays still) and saves it with its transport. On an error
     /// the devices paused so far are resumed. Follow a success with [`Self::resume`].
@@ -175,12 +184,20 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Adds the devices the configuration asks for: disks (in order), then the entropy device,
-/// the network cards and vsock. Returns the rate limiters of the disks and cards.
+/// the network cards and vsock. Returns the rate limiters of the disks and cards and the
+/// images the disks opened.
 pub fn add_configured_devices(
     pci: &mut PciDevices,
     config: &crate::VmConfig,
-) -> Result<crate::io_limits::IoLimits, VmmError> {
+) -> Result<
+    (
+        crate::io_limits::IoLimits,
+        crate::disk_backend::DiskBackends,
+    ),
+    VmmError,
+> {
     let mut limits = crate::io_limits::IoLimits::default();
+    let mut backends = crate::disk_backend::DiskBackends::default();
     let ids =
         crate::disk_config::disk_ids(&config.disks).map_err(|e| VmmError::Config(e.into()))?;
     for (disk, id) in config.disks.iter().zip(ids) {
@@ -198,11 +215,12 @@ pub fn add_configured_devices(
             &id,
             crate::net_devices::limit_disk(&mut block, &disk.limit)?,
         );
+        backends.add(&id, &disk.path);
         pci.add_virtio_pci(Box::new(block), &id)?;
     }
     if config.rng {
         pci.add_virtio_pci(Box::new(virtio::rng::Rng::new("rng0")), "rng0")?;
     }
     crate::net_devices::add_net_devices(pci, config, &mut limits)?;
-    Ok(limits)
+    Ok((limits, backends))
 }

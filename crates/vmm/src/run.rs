@@ -250,6 +250,10 @@ fn handle_api(vmm: &mut Vmm, req: ApiRequest) -> (Response, bool) {
         ApiRequest::SetDiskLimits { id, limit } => {
             (limits_response(vmm.set_disk_limits(&id, &limit)), false)
         }
+        ApiRequest::DiskBackend { id } => (backend_response(vmm.disk_backend(&id)), false),
+        ApiRequest::SetDiskBackend { id, backend } => {
+            (backend_response(vmm.set_disk_backend(&id, &backend)), false)
+        }
         ApiRequest::Balloon => (balloon_response(vmm.balloon()), false),
         ApiRequest::SetBalloon { target_mib } => {
             (balloon_response(vmm.set_balloon(target_mib)), false)
@@ -267,6 +271,15 @@ fn balloon_response(
     match result {
         Ok(info) => json_response(200, &info),
         Err(e) => error_response(e.status(), e.to_string()),
+    }
+}
+
+fn backend_response(
+    result: Result<api::vm::DiskBackend, crate::disk_backend::DiskBackendError>,
+) -> Response {
+    match result {
+        Ok(backend) => json_response(200, &backend),
+        Err(e) => error_response(e.status(), e.line()),
     }
 }
 

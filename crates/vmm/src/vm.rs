@@ -1,5 +1,5 @@
 //! A running VM and the operations the control API offers on it: info, pause, resume,
-//! graceful shutdown, snapshot. Every operation checks the lifecycle state machine first; a
+//! graceful shutdown, snapshot, run-time device changes (limits, balloon, disk images). Every operation checks the lifecycle state machine first; a
 //! call in the wrong state is a [`VmActionError::State`] the API answers with 409.
 
 use std::path::{Path, PathBuf};
@@ -7,12 +7,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::vm::{IoLimit, NetLimits, SnapshotInfo, VmConfigInfo, VmCounters, VmInfo};
+use api::vm::{
+    DiskBackend, DiskBackendRequest, IoLimit, NetLimits, SnapshotInfo, VmConfigInfo, VmCounters,
+    VmInfo,
+};
 use arch::GuestMemoryMmap;
 
 use crate::balloon::BalloonError;
 use crate::builder::BuiltVm;
 use crate::devices::DeviceManager;
+use crate::disk_backend::DiskBackendError;
 use crate::io_limits::IoLimitError;
 use crate::snapshot::{write_snapshot, SnapshotError, SnapshotState};
 use crate::state::{transition, StateError, VmState};
@@ -75,6 +79,7 @@ pub struct Vmm {
     msr_list: Arc<Vec<u32>>,
     shutdown_deadline: Option<Instant>,
     io_limits: crate::io_limits::IoLimits,
+    disk_backends: crate::disk_backend::DiskBackends,
     balloon: Option<crate::balloon::VmBalloon>,
 }
 
@@ -126,6 +131,7 @@ impl Vmm {
             msr_list: Arc::new(built.msr_list),
             shutdown_deadline: None,
             io_limits: built.io_limits,
+            disk_backends: built.disk_backends,
             balloon: built.balloon,
         })
     }
@@ -154,6 +160,22 @@ impl Vmm {
             disk.limit = crate::io_limits::to_spec(limit);
         }
         self.io_limits.disk_limits(id)
+    }
+
+    /// The image disk `id` serves.
+    pub fn disk_backend(&self, id: &str) -> Result<DiskBackend, DiskBackendError> {
+        self.disk_backends.get(id, &self.config.disks, &self.pci)
+    }
+
+    /// Makes disk `id` of the paused VM continue on another image (see `disk_backend.rs`);
+    /// the configuration, which snapshots save, names the new image from now on.
+    pub fn set_disk_backend(
+        &mut self,
+        id: &str,
+        req: &DiskBackendRequest,
+    ) -> Result<DiskBackend, DiskBackendError> {
+        self.disk_backends
+            .set(id, req, self.state, &mut self.config.disks, &self.pci)
     }
 
     /// The balloon's target, size and the guest's latest statistics.

@@ -246,6 +246,11 @@ impl VirtioPciDevice {
         Ok(())
     }
 
+    /// The device model behind the transport (for device-specific run-time operations).
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.common.device_mut()
+    }
+
     /// The virtio device status register as the driver reads it, DEVICE_NEEDS_RESET included
     /// (for tests and diagnostics).
     pub fn device_status(&self) -> u8 {

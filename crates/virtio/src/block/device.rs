@@ -53,6 +53,37 @@ pub enum BlockError {
     Empty(PathBuf),
 }
 
+/// Why [`Block::replace_disk`] kept the current image.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    #[error(
+        "the new image has {new} sectors, the disk has {current}: the guest sized the disk \
+         when it probed it"
+    )]
+    Size { current: u64, new: u64 },
+    #[error("the new image is {new}, the disk is {current}")]
+    Access {
+        current: &'static str,
+        new: &'static str,
+    },
+    #[error("cannot flush the current image")]
+    Flush(#[source] std::io::Error),
+    #[error(transparent)]
+    Open(disk::DiskError),
+    #[error("the disk's worker ended abnormally; its queue is lost")]
+    WorkerLost,
+    #[error("cannot restart the disk's worker")]
+    Restart(#[source] ActivateError),
+}
+
+fn access(read_only: bool) -> &'static str {
+    if read_only {
+        "read-only"
+    } else {
+        "writable"
+    }
+}
+
 pub struct Block {
     id: String,
     disk: Arc<DiskFile>,
@@ -148,6 +179,57 @@ impl Block {
     /// Capacity in 512-byte sectors.
     pub fn sectors(&self) -> u64 {
         self.disk.sectors()
+    }
+
+    /// Continues on the image `open` returns instead of the current one: the worker (if the
+    /// driver started the device) stops once the requests it holds are complete, the current
+    /// image is flushed, and only then is the new one opened (a qcow2 overlay over the
+    /// current image reads its metadata when it opens), checked and put in its place for the
+    /// device and the worker, which starts again where it stopped; the old image is closed
+    /// once nothing uses it. The new image must have the same capacity and writability (the
+    /// driver sized the device when it probed it). On an error the current image stays in
+    /// use.
+    pub fn replace_disk(
+        &mut self,
+        open: impl FnOnce() -> Result<Box<dyn disk::DiskImage>, disk::DiskError>,
+    ) -> Result<(), ReplaceError> {
+        // A worker paused for a snapshot stays paused; a running one stops for the switch.
+        let stopped = match self.worker.take() {
+            Some(w) => Some(w.stop().ok_or(ReplaceError::WorkerLost)?),
+            None => None,
+        };
+        let result = self.swap_disk(open);
+        let mut stopped = stopped;
+        for served in stopped.iter_mut().chain(self.paused.iter_mut()) {
+            served.0.disk = Arc::clone(&self.disk);
+        }
+        if let Some(served) = stopped {
+            self.start(served).map_err(ReplaceError::Restart)?;
+        }
+        result
+    }
+
+    /// [`Self::replace_disk`] while nothing serves the queue.
+    fn swap_disk(
+        &mut self,
+        open: impl FnOnce() -> Result<Box<dyn disk::DiskImage>, disk::DiskError>,
+    ) -> Result<(), ReplaceError> {
+        self.disk.flush().map_err(ReplaceError::Flush)?;
+        let new = DiskFile::from_image(open().map_err(ReplaceError::Open)?);
+        if new.sectors() != self.disk.sectors() {
+            return Err(ReplaceError::Size {
+                current: self.disk.sectors(),
+                new: new.sectors(),
+            });
+        }
+        if new.read_only() != self.disk.read_only() {
+            return Err(ReplaceError::Access {
+                current: access(self.disk.read_only()),
+                new: access(new.read_only()),
+            });
+        }
+        self.disk = Arc::new(new);
+        Ok(())
     }
 
     /// Request counters of the last activation.
@@ -284,6 +366,10 @@ impl VirtioDevice for Block {
         }
         self.acked = state.acked_features;
         Ok(())
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }
 

@@ -5,7 +5,8 @@
 //!   write-zeroes.
 //! - [`worker`]: serves the request queue on the device's thread; the [`RequestGate`] seam is
 //!   where a rate limiter admits or defers each request.
-//! - [`device`]: the [`crate::VirtioDevice`] face: features, configuration space, activation.
+//! - [`device`]: the [`crate::VirtioDevice`] face: features, configuration space, activation,
+//!   and the run-time switch to another image ([`Block::replace_disk`]).
 
 pub mod device;
 #[cfg(test)]
@@ -13,10 +14,12 @@ mod hostile_tests;
 pub mod io;
 #[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+mod replace_tests;
 pub mod request;
 pub mod worker;
 
-pub use device::{Block, BlockConfig, BlockError};
+pub use device::{Block, BlockConfig, BlockError, ReplaceError};
 pub use io::DiskFile;
 pub use request::{Request, RequestError, RequestType};
 pub use worker::{RequestGate, Unlimited};

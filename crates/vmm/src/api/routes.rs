@@ -1,6 +1,8 @@
 //! Request routing and validation: method + path + body → [`ApiRequest`], or a 4xx answer.
 
-use api::vm::{BalloonRequest, IoLimit, NetLimits, ShutdownRequest, SnapshotRequest};
+use api::vm::{
+    BalloonRequest, DiskBackendRequest, IoLimit, NetLimits, ShutdownRequest, SnapshotRequest,
+};
 use kapsel_http::{Request, Response};
 use serde::de::DeserializeOwned;
 
@@ -12,16 +14,39 @@ pub enum ApiRequest {
     Info,
     Pause,
     Resume,
-    Shutdown { timeout_ms: u64 },
+    Shutdown {
+        timeout_ms: u64,
+    },
     Reboot,
-    Snapshot { path: String },
+    Snapshot {
+        path: String,
+    },
     Metrics,
-    DiskLimits { id: String },
-    SetDiskLimits { id: String, limit: IoLimit },
-    NetLimits { id: String },
-    SetNetLimits { id: String, limits: NetLimits },
+    DiskLimits {
+        id: String,
+    },
+    SetDiskLimits {
+        id: String,
+        limit: IoLimit,
+    },
+    DiskBackend {
+        id: String,
+    },
+    SetDiskBackend {
+        id: String,
+        backend: DiskBackendRequest,
+    },
+    NetLimits {
+        id: String,
+    },
+    SetNetLimits {
+        id: String,
+        limits: NetLimits,
+    },
     Balloon,
-    SetBalloon { target_mib: u64 },
+    SetBalloon {
+        target_mib: u64,
+    },
 }
 
 /// Default grace period of a graceful shutdown.
@@ -54,6 +79,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/metrics", "GET"),
     ("/vm/disks/{id}/limits", "GET"),
     ("/vm/disks/{id}/limits", "PUT"),
+    ("/vm/disks/{id}/backend", "GET"),
+    ("/vm/disks/{id}/backend", "PUT"),
     ("/vm/nets/{id}/limits", "GET"),
     ("/vm/nets/{id}/limits", "PUT"),
     ("/vm/balloon", "GET"),
@@ -132,6 +159,26 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
             id: device_id(id)?,
             limit: checked_limit(required_body(req)?, "")?,
         },
+        ("/vm/disks/{id}/backend", "GET") => ApiRequest::DiskBackend { id: device_id(id)? },
+        ("/vm/disks/{id}/backend", _) => {
+            let r: DiskBackendRequest = required_body(req)?;
+            if r.path.is_empty() || r.path.as_bytes().contains(&0) {
+                return Err(error_response(
+                    400,
+                    "backend path must be a non-empty path without NUL bytes",
+                ));
+            }
+            if !r.path.starts_with('/') {
+                return Err(error_response(
+                    400,
+                    format!("backend path {:?} must be absolute", r.path),
+                ));
+            }
+            ApiRequest::SetDiskBackend {
+                id: device_id(id)?,
+                backend: r,
+            }
+        }
         ("/vm/nets/{id}/limits", "GET") => ApiRequest::NetLimits { id: device_id(id)? },
         ("/vm/nets/{id}/limits", _) => {
             let l: NetLimits = required_body(req)?;
@@ -256,6 +303,41 @@ mod tests {
                 limit: IoLimit::default()
             })
         );
+    }
+
+    #[test]
+    fn backend_routes() {
+        assert_eq!(
+            route(&req("GET", "/vm/disks/disk0/backend", "")),
+            Ok(ApiRequest::DiskBackend { id: "disk0".into() })
+        );
+        assert_eq!(
+            route(&req(
+                "PUT",
+                "/vm/disks/disk0/backend",
+                "{\"path\":\"/s/root.qcow2\",\"format\":\"qcow2\"}"
+            )),
+            Ok(ApiRequest::SetDiskBackend {
+                id: "disk0".into(),
+                backend: DiskBackendRequest {
+                    path: "/s/root.qcow2".into(),
+                    format: api::vm::DiskFormat::Qcow2,
+                }
+            })
+        );
+        for body in [
+            "",
+            "{\"path\":\"/a\"}",
+            "{\"path\":\"/a\",\"format\":\"vmdk\"}",
+            "{\"path\":\"a.qcow2\",\"format\":\"qcow2\"}",
+            "{\"path\":\"\",\"format\":\"raw\"}",
+            "{\"path\":\"/a\",\"format\":\"raw\",\"x\":1}",
+        ] {
+            let resp = route(&req("PUT", "/vm/disks/disk0/backend", body)).unwrap_err();
+            assert_eq!(resp.status, 400, "{body}");
+        }
+        let resp = route(&req("POST", "/vm/disks/disk0/backend", "")).unwrap_err();
+        assert_eq!(resp.status, 405);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!   and, once the guest touches its memory again, so does the RSS. The guest's statistics
 //!   (`stats_period=1`) reach `GET /vm/balloon`.
 //! - `report`: with `free_page_reporting=on`, memory the guest frees (a deleted 320 MiB
-//!   tmpfs file) is reported and freed on the host without any balloon target.
+//!   tmpfs file) is reported and freed on the host without any balloon target. Then, with
+//!   `deflate_on_oom=on` and a 400 MiB balloon, the guest writes 200 MiB: its OOM notifier
+//!   deflates the balloon (its actual size follows) and no process is killed.
 //!
 //! The numbers (guest /proc/meminfo, kapsel's VmRSS, the API's answers) are printed.
 
@@ -23,7 +25,7 @@ const MIB_KB: u64 = 1024;
 /// `mi TAG` prints `MEMINFO TAG MemTotal: N kB MemAvailable: N kB`,
 /// `fill` writes 320 MiB to a tmpfs, `waitfor COND` polls COND for up to 300 s. (Markers are
 /// typed as `STEP$((0+N))` so the tty's echo of the typed line never matches `STEPN`.)
-const GUEST_HELPERS: &str = r#"mount -t devtmpfs devtmpfs /dev 2>/dev/null; mkdir -p /mnt/b; mount -t tmpfs -o size=460m tmpfs /mnt/b; mi() { echo "MEMINFO $1 $(grep -E '^(MemTotal|MemAvailable):' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"; }; total() { awk '/^MemTotal:/{print $2}' /proc/meminfo; }; fill() { dd if=/dev/zero of=/mnt/b/fill bs=1M count=320 2>/dev/null; echo "FILL-RC=$?"; }; waitfor() { i=0; while [ $i -lt 300 ] && ! eval "$1"; do sleep 1; i=$((i+1)); done; }; t0=$(total); "#;
+const GUEST_HELPERS: &str = r#"mount -t devtmpfs devtmpfs /dev 2>/dev/null; mkdir -p /mnt/b; mount -t tmpfs -o size=460m tmpfs /mnt/b; mi() { echo "MEMINFO $1 $(grep -E '^(MemTotal|MemAvailable):' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"; }; total() { awk '/^MemTotal:/{print $2}' /proc/meminfo; }; avail() { awk '/^MemAvailable:/{print $2}' /proc/meminfo; }; fill() { dd if=/dev/zero of=/mnt/b/fill bs=1M count=320 2>/dev/null; echo "FILL-RC=$?"; }; waitfor() { i=0; while [ $i -lt 300 ] && ! eval "$1"; do sleep 1; i=$((i+1)); done; }; t0=$(total); "#;
 
 /// The inflate/deflate guest: touch, wait for the balloon to take 200+ MiB, wait for it to
 /// give them back, touch again.
@@ -31,7 +33,11 @@ const INFLATE_GUEST: &str = r#"fill; rm /mnt/b/fill; mi touched; echo STEP$((0+1
 
 /// The free page reporting guest: touch and keep, then free and give the guest's reporting
 /// (2 s delay, then in batches) time.
-const REPORT_GUEST: &str = r#"fill; mi filled; echo STEP$((0+1)); sleep 10; rm /mnt/b/fill; sleep 20; mi freed; echo STEP$((0+2)); sleep 10; poweroff -f"#;
+/// Then deflate-on-OOM: once the balloon holds 300+ MiB (L1 sets a 400 MiB target; with
+/// deflate-on-OOM the driver leaves MemTotal alone, so the guest watches MemAvailable), the
+/// guest writes 200 MiB to its tmpfs, more than it has left: its OOM notifier takes pages
+/// back from the balloon instead of killing anything.
+const REPORT_GUEST: &str = r#"fill; mi filled; echo STEP$((0+1)); sleep 10; rm /mnt/b/fill; sleep 20; mi freed; echo STEP$((0+2)); waitfor '[ $(avail) -lt $((t0 - 300*1024)) ]'; mi oominflated; dd if=/dev/zero of=/mnt/b/oom bs=1M count=200 2>/dev/null; echo "OOM-FILL-RC=$?"; mi oomfilled; echo STEP$((0+3)); sleep 5; poweroff -f"#;
 
 /// L1 helpers for the controller that runs beside `vm_shell`: `rss` prints kapsel's VmRSS in
 /// kB, `step NAME N` waits for the guest's `STEPN`, `bal SOCK ARGS…` runs
@@ -92,7 +98,9 @@ fn testbed_balloon_inflate_deflate_and_free_page_reporting() {
   && step inflate 3 && echo "RSS retouched $(rss)" && bal end /tmp/inflate.sock) &
 vm_shell inflate 900 {inflate} {vm_args} --cmdline {cmdline} --balloon stats_period=1 --api-socket /tmp/inflate.sock
 wait
-(step report 1 && echo "RSS filled $(rss)" && step report 2 && echo "RSS freed $(rss)" && bal report /tmp/report.sock) &
+(step report 1 && echo "RSS filled $(rss)" && step report 2 && echo "RSS freed $(rss)" && bal report /tmp/report.sock \
+  && bal set-oom /tmp/report.sock --target 400M && settle /tmp/report.sock 400 && bal oom-inflated /tmp/report.sock \
+  && step report 3 && bal oom /tmp/report.sock) &
 vm_shell report 900 {report} {vm_args} --cmdline {cmdline} --balloon free_page_reporting=on,deflate_on_oom=on --api-socket /tmp/report.sock
 wait
 vm badballoon 60 {vm_args} --balloon stats_period=0
@@ -219,6 +227,33 @@ vm badballoon 60 {vm_args} --balloon stats_period=0
     assert!(
         rss_freed + 128 * MIB_KB <= rss_filled,
         "reported memory is freed on the host: {rss_filled} → {rss_freed} kB"
+    );
+
+    // deflate-on-OOM: the guest wrote 200 MiB with only ~100 MiB left beside a 400 MiB
+    // balloon, and the balloon gave pages back instead of the OOM killer taking a process
+    let inflated = balloon_json(out, "oom-inflated");
+    let after_oom = balloon_json(out, "oom");
+    let (_, oom_avail_before) = meminfo(c, "oominflated");
+    let (_, oom_avail_after) = meminfo(c, "oomfilled");
+    println!(
+        "deflate-on-OOM: balloon {} → {} MiB while the guest wrote 200 MiB (MemAvailable {} → {} MiB)",
+        inflated.actual_mib,
+        after_oom.actual_mib,
+        oom_avail_before / MIB_KB,
+        oom_avail_after / MIB_KB
+    );
+    assert_eq!(inflated.actual_mib, 400, "{inflated:?}");
+    assert!(
+        c.contains("\nOOM-FILL-RC=0"),
+        "the guest wrote past its ballooned memory; console:\n{c}"
+    );
+    assert!(
+        after_oom.actual_mib + 64 <= inflated.actual_mib,
+        "the guest took pages back from the balloon on OOM: {inflated:?} → {after_oom:?}"
+    );
+    assert!(
+        !c.contains("Out of memory: Killed process"),
+        "the OOM killer ran although the balloon could deflate; console:\n{c}"
     );
 
     let bad = run.boot("badballoon");

@@ -232,6 +232,10 @@ pub struct CreateInstance {
     /// Start it right away (`launch`), or only create it (`init`).
     #[serde(default = "default_true")]
     pub start: bool,
+    /// Settings as `PATCH` takes them (`launch -c key=value`), checked with the rest and in
+    /// force from the first start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<InstanceUpdate>,
 }
 
 fn default_cpus() -> u16 {

@@ -1,7 +1,9 @@
 //! The instance operations behind the API: each validates, claims the instance (so a
 //! concurrent conflicting call gets a 409), changes state in one place and emits an event.
 
-use api::daemon::{CreateInstance, Instance, InstanceKind, InstanceStatus, InstanceUpdate};
+use api::daemon::{
+    CreateInstance, Instance, InstanceConfig, InstanceKind, InstanceStatus, InstanceUpdate,
+};
 
 use crate::db::now;
 use crate::error::{DaemonError, Result};
@@ -69,7 +71,7 @@ pub fn create(d: &Daemon, req: &CreateInstance) -> Result<Instance> {
             .instance_dir(&req.name)
             .join(crate::disks::ROOT_DISK)
     });
-    let inst = Instance {
+    let mut inst = Instance {
         name: req.name.clone(),
         image: req.image.clone(),
         kind: image.kind,
@@ -83,6 +85,10 @@ pub fn create(d: &Daemon, req: &CreateInstance) -> Result<Instance> {
         disk: disk.as_ref().map(|p| p.display().to_string()),
         address,
     };
+    if let Some(settings) = &req.settings {
+        // `launch -c key=value`: what `config set` takes, in force from the first start
+        inst.config = merged_config(d, &inst, settings)?;
+    }
     d.db().insert_instance(&inst)?;
     let prepared = (|| -> Result<()> {
         let dir = d.config.instance_dir(&req.name);
@@ -263,9 +269,8 @@ pub fn delete(d: &Daemon, name: &str, force: bool) -> Result<()> {
 }
 
 /// Applies a partial configuration change; limits apply live to a running guest.
-pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> {
-    let _guard = d.claim(name, "config set")?;
-    let (inst, _) = d.db().instance(name)?;
+/// The instance's configuration with `upd` applied, checked as a whole (nothing applied).
+fn merged_config(d: &Daemon, inst: &Instance, upd: &InstanceUpdate) -> Result<InstanceConfig> {
     let mut c = inst.config.clone();
     if let Some(v) = upd.cpus {
         c.cpus = v;
@@ -322,7 +327,7 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
             "disk_limits and net_limits apply to VMs only".into(),
         ));
     }
-    crate::iolimits::check(&inst, &c)?;
+    crate::iolimits::check(inst, &c)?;
     crate::iolimits::normalize(&mut c);
     if let Some(v) = upd.pids_limit {
         if !container {
@@ -336,6 +341,14 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
     if container {
         crate::container::ops::check_config(&c)?;
     }
+    Ok(c)
+}
+
+pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> {
+    let _guard = d.claim(name, "config set")?;
+    let (inst, _) = d.db().instance(name)?;
+    let c = merged_config(d, &inst, upd)?;
+    let container = inst.kind == InstanceKind::Container;
     if d.procs().contains_key(name) {
         if container {
             let res = crate::cgroups::container_resources(&c, d.host_cpus);
@@ -401,6 +414,15 @@ pub fn copy(d: &Daemon, name: &str, new_name: &str) -> Result<Instance> {
         command: src.config.command.clone(),
         pids_limit: src.config.pids_limit,
         start: false,
+        // what only `config set` reaches comes along too
+        settings: Some(InstanceUpdate {
+            memory_backing: (!src.config.memory_backing.is_empty())
+                .then(|| src.config.memory_backing.clone()),
+            disk_limits: src.config.disk_limits,
+            net_limits: src.config.net_limits,
+            balloon_mib: src.config.balloon_mib,
+            ..Default::default()
+        }),
     };
     let created = create(d, &req)?;
     if src.kind == InstanceKind::Container {

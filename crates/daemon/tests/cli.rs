@@ -131,3 +131,75 @@ fn verbs_print_results_and_fail_with_one_line_and_distinct_codes() {
     let (out, _) = text(&o);
     assert!(out.contains("instance-deleted"), "{out}");
 }
+
+#[test]
+fn launch_takes_config_set_keys_checked_before_anything_is_made() {
+    if !kvm_available() {
+        return;
+    }
+    let d = TestDaemon::start();
+    let o = kapsel(
+        &d,
+        &[
+            "launch",
+            "tg",
+            "cfg-1",
+            "--memory",
+            "64M",
+            "--cmdline",
+            "test=idle",
+            "-c",
+            "memory.backing=prealloc",
+            "-c",
+            "balloon=32M",
+            "--config",
+            "restart=always",
+        ],
+    );
+    assert!(o.status.success(), "{:?}\n{}", text(&o), d.log());
+    let o = kapsel(&d, &["info", "cfg-1"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(v["config"]["memory_backing"], "prealloc", "{v}");
+    assert_eq!(v["config"]["balloon_mib"], 32, "{v}");
+    assert_eq!(v["config"]["restart"], "always", "{v}");
+    // the VMM got them: its command line carries the backing and the balloon
+    let pid = v["pid"].as_i64().unwrap();
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+    assert!(cmd.contains("--memory-backing prealloc"), "{cmd}");
+    assert!(cmd.contains("--balloon"), "{cmd}");
+    // a copy keeps them (they live only in the stored configuration)
+    let o = kapsel(&d, &["stop", "--force", "cfg-1"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = kapsel(&d, &["copy", "cfg-1", "cfg-2"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = kapsel(&d, &["info", "cfg-2"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["config"]["memory_backing"], "prealloc", "{v}");
+    assert_eq!(v["config"]["balloon_mib"], 32, "{v}");
+
+    // a bad setting is one line, and nothing is created
+    let cases: [(&str, i32, &str); 3] = [
+        ("colour=red", 1, "unknown key"),
+        ("balloon=1G", 1, "balloon"),
+        ("memory.backing=gold", 1, "gold"),
+    ];
+    for (setting, code, msg) in cases {
+        let o = kapsel(
+            &d,
+            &["launch", "tg", "cfg-bad", "--memory", "64M", "-c", setting],
+        );
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(code), "{setting}: {err}");
+        assert!(err.contains(msg), "{setting}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{setting}: {err}");
+        let o = kapsel(&d, &["info", "cfg-bad"]);
+        assert_eq!(
+            o.status.code(),
+            Some(6),
+            "{setting} left an instance behind"
+        );
+    }
+    assert!(!d.dir.path().join("state/instances/cfg-bad").exists());
+}

@@ -142,7 +142,7 @@ fn schemas_match_the_api_types() {
         address: Some("10.0.0.2/24".into()),
     };
     let create: CreateInstance = serde_json::from_str(
-        r#"{"name":"a","image":"i","kind":"container","command":["sh"],"pids_limit":1}"#,
+        r#"{"name":"a","image":"i","kind":"container","command":["sh"],"pids_limit":1,"settings":{}}"#,
     )
     .unwrap();
     let image = Image {

@@ -246,6 +246,7 @@ pub fn request(name: &str, payload: &str, restart: RestartPolicy) -> CreateInsta
         command: Vec::new(),
         pids_limit: None,
         start: true,
+        settings: None,
     }
 }
 

@@ -3,6 +3,7 @@
 use api::daemon::{CreateInstance, InstanceKind, RestartPolicy};
 use clap::Args;
 
+use super::config::update_from_pairs;
 use super::{parse_mib, Conn, VerbError, VerbResult};
 
 #[derive(Debug, Args)]
@@ -54,6 +55,10 @@ pub struct LaunchArgs {
     /// Only create it, do not start it.
     #[arg(long)]
     pub no_start: bool,
+    /// A setting as `kapsel config set` takes it (repeatable), e.g. `-c balloon=256M
+    /// -c disk.limits=bw=20M -c memory.backing=prealloc`; in force from the first start.
+    #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -63,6 +68,11 @@ pub fn parse_policy(s: &str) -> Result<RestartPolicy, String> {
 }
 
 pub fn run(a: LaunchArgs) -> VerbResult {
+    let settings = if a.settings.is_empty() {
+        None
+    } else {
+        Some(update_from_pairs(&a.settings).map_err(VerbError::Usage)?)
+    };
     let req = CreateInstance {
         name: a.name,
         image: a.image,
@@ -80,6 +90,7 @@ pub fn run(a: LaunchArgs) -> VerbResult {
         command: a.command,
         pids_limit: a.pids_limit,
         start: !a.no_start,
+        settings,
     };
     let inst = a.conn.client().create(&req).map_err(VerbError::from)?;
     println!("{} {}", inst.name, inst.status.as_str());

@@ -334,7 +334,9 @@ pub struct CopyRequest {
     pub new_name: String,
 }
 
-/// A snapshot of a running instance (its VMM's state and memory files).
+/// A snapshot of an instance: a VM's memory and device state (taken running or paused) and
+/// its disk as a frozen copy-on-write layer, or a stopped VM's disk alone, or a container's
+/// writable layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
@@ -343,6 +345,15 @@ pub struct Snapshot {
     pub created_at: i64,
     /// The snapshot directory on the daemon's host.
     pub path: String,
+    /// The guest's memory and device state are in the snapshot: restoring resumes the guest
+    /// where it was. Otherwise only its disk (a VM taken while stopped: restoring boots it
+    /// afresh if it was running, else leaves it stopped) or its files (a container) are.
+    #[serde(default)]
+    pub stateful: bool,
+    /// A VM's disk as it was: a read-only qcow2 layer in the pool, never written again;
+    /// restoring puts a fresh overlay over it. Null for instances without a disk.
+    #[serde(default)]
+    pub disk_layer: Option<String>,
 }
 
 /// `POST /v1/instances/{name}/snapshots`.

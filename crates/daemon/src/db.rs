@@ -17,10 +17,12 @@ const MAX_EVENTS: i64 = 10_000;
 
 /// Columns added after schema 1 shipped (table, column, declaration): added in place to an
 /// older database, so the schema version stays and older daemons still read it.
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
     ("instances", "kind", "TEXT NOT NULL DEFAULT 'vm'"),
     ("instances", "address", "TEXT"),
     ("images", "rootfs", "TEXT"),
+    ("snapshots", "stateful", "INTEGER NOT NULL DEFAULT 1"),
+    ("snapshots", "layer", "TEXT"),
 ];
 
 const SCHEMA: &str = "
@@ -58,6 +60,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     instance TEXT NOT NULL REFERENCES instances(name) ON DELETE CASCADE,
     name TEXT NOT NULL,
     created_at INTEGER NOT NULL,
+    stateful INTEGER NOT NULL DEFAULT 1,
+    layer TEXT,
     PRIMARY KEY (instance, name)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -75,6 +79,26 @@ pub struct StoredProcess {
     pub pid: i32,
     /// Field 22 of `/proc/PID/stat` (clock ticks after boot), guards against pid reuse.
     pub start_time: u64,
+}
+
+/// A snapshot as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub name: String,
+    pub created_at: i64,
+    /// Memory and device state were captured (a VMM snapshot is in the directory).
+    pub stateful: bool,
+    /// The VM's frozen disk layer, if its disk was captured.
+    pub layer: Option<String>,
+}
+
+fn snapshot_from_row(row: &Row<'_>) -> rusqlite::Result<StoredSnapshot> {
+    Ok(StoredSnapshot {
+        name: row.get("name")?,
+        created_at: row.get("created_at")?,
+        stateful: row.get("stateful")?,
+        layer: row.get("layer")?,
+    })
 }
 
 /// An open state database.
@@ -434,26 +458,56 @@ impl Db {
 
     // ---- snapshots ----
 
-    pub fn insert_snapshot(&mut self, instance: &str, name: &str, created_at: i64) -> Result<()> {
+    pub fn insert_snapshot(&mut self, instance: &str, snap: &StoredSnapshot) -> Result<()> {
         let r = self.conn.execute(
-            "INSERT INTO snapshots (instance, name, created_at) VALUES (?1, ?2, ?3)",
-            params![instance, name, created_at],
+            "INSERT INTO snapshots (instance, name, created_at, stateful, layer)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                instance,
+                snap.name,
+                snap.created_at,
+                snap.stateful,
+                snap.layer
+            ],
         );
         match r {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(DaemonError::Conflict(format!(
-                "snapshot '{name}' of '{instance}' already exists"
+                "snapshot '{}' of '{instance}' already exists",
+                snap.name
             ))),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// (name, created_at) of an instance's snapshots, oldest first.
-    pub fn snapshots(&self, instance: &str) -> Result<Vec<(String, i64)>> {
+    /// An instance's snapshots, oldest first.
+    pub fn snapshots(&self, instance: &str) -> Result<Vec<StoredSnapshot>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM snapshots WHERE instance = ?1 ORDER BY created_at, name")?;
+        let rows = stmt.query_map([instance], snapshot_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// One snapshot of an instance.
+    pub fn snapshot(&self, instance: &str, name: &str) -> Result<StoredSnapshot> {
+        self.conn
+            .query_row(
+                "SELECT * FROM snapshots WHERE instance = ?1 AND name = ?2",
+                [instance, name],
+                snapshot_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| DaemonError::not_found("snapshot", name))
+    }
+
+    /// (instance, snapshot, layer) of every snapshot that holds a disk layer.
+    pub fn snapshot_layers(&self) -> Result<Vec<(String, String, String)>> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, created_at FROM snapshots WHERE instance = ?1 ORDER BY created_at, name",
+            "SELECT instance, name, layer FROM snapshots WHERE layer IS NOT NULL
+             ORDER BY instance, name",
         )?;
-        let rows = stmt.query_map([instance], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
@@ -626,6 +680,11 @@ mod tests {
                 "",
             );
             old = old.replace(",\n    rootfs TEXT", "");
+            old = old.replace(
+                "\n    stateful INTEGER NOT NULL DEFAULT 1,\n    layer TEXT,",
+                "",
+            );
+            assert!(!old.contains("stateful"));
             assert!(!old.contains("rootfs") && !old.contains("DEFAULT 'vm'"));
             conn.execute_batch(&old).unwrap();
             conn.execute(
@@ -639,6 +698,20 @@ mod tests {
         let mut db = Db::open(&path).unwrap();
         let (got, _) = db.instance("a").unwrap();
         assert_eq!((got.kind, got.address), (InstanceKind::Vm, None));
+        let snap = StoredSnapshot {
+            name: "s".into(),
+            created_at: 2,
+            stateful: false,
+            layer: Some("/l/a.qcow2".into()),
+        };
+        db.insert_snapshot("a", &snap).unwrap();
+        assert_eq!(db.snapshot("a", "s").unwrap(), snap);
+        assert_eq!(
+            db.snapshot_layers().unwrap(),
+            [("a".into(), "s".into(), "/l/a.qcow2".into())]
+        );
+        assert_eq!(db.insert_snapshot("a", &snap).unwrap_err().status(), 409);
+        assert_eq!(db.snapshot("a", "t").unwrap_err().status(), 404);
         let mut c = instance("c");
         c.kind = InstanceKind::Container;
         c.address = Some("10.0.0.9/24".into());

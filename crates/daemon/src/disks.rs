@@ -1,14 +1,21 @@
 //! Instance disks as qcow2 copy-on-write overlays.
 //!
 //! An instance's root disk is `root.qcow2` in its directory, an overlay over its image's
-//! `disk.raw` in the pool: creating an instance copies nothing. `copy` makes a linked clone:
-//! the source's overlay is frozen into a read-only layer under `<state>/layers/`, and the
-//! source and the clone each get a fresh overlay over it. A layer is never written again.
+//! `disk.raw` in the pool: creating an instance copies nothing. Freezing turns the overlay
+//! into a read-only layer under `<state>/layers/` and puts a fresh overlay over it: `copy`
+//! makes a linked clone that way (the source and the clone each get an overlay over the
+//! layer), and a snapshot keeps its disk that way (`snapshots.rs`; a running VM's VMM is
+//! switched to the new overlay while paused). A layer is never written again.
 //!
-//! Deletion respects backing chains: deleting an instance removes its own overlay, then
-//! every layer no remaining disk's chain reaches (layers are kept while still needed, never
-//! refused); deleting an image whose disk is in some instance's chain is refused (409).
-//! Instances created before overlays (`root.raw` copies) keep working as raw disks.
+//! Freezing never leaves the disk's name empty: the layer is a second name (hard link) of
+//! the overlay's file, and the new overlay, made complete under a temporary name, replaces
+//! the old name by rename. A VMM that has the file open keeps using it, now as the layer,
+//! until it switches.
+//!
+//! Deletion respects backing chains: deleting an instance or a snapshot removes every layer
+//! no remaining disk's chain and no snapshot's layer chain reaches (layers are kept while
+//! still needed, never refused); deleting an image whose disk is in some chain is refused
+//! (409). Instances created before overlays (`root.raw` copies) keep working as raw disks.
 
 use std::path::{Path, PathBuf};
 
@@ -50,10 +57,8 @@ pub fn create_overlay(base: &Path, base_format: Format, dst: &Path) -> Result<()
     Ok(())
 }
 
-/// Freezes the overlay at `disk` into a new read-only layer and puts a fresh overlay over
-/// that layer at `disk`; returns the layer. The disk's owner must be stopped, and the caller
-/// holds [`layers_lock`] until every overlay over the new layer exists.
-pub fn freeze(d: &Daemon, disk: &Path, owner: &str) -> Result<PathBuf> {
+/// A new, unused layer path for `owner`'s disk (the layers directory is created).
+pub fn new_layer(d: &Daemon, owner: &str) -> Result<PathBuf> {
     let layers = d.config.layer_dir();
     std::fs::create_dir_all(&layers).map_err(|e| DaemonError::io("create", &layers, e))?;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -62,62 +67,108 @@ pub fn freeze(d: &Daemon, disk: &Path, owner: &str) -> Result<PathBuf> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|t| t.as_nanos())
         .unwrap_or(0);
-    let layer = layers.join(format!("{owner}-{stamp}-{seq}.qcow2"));
-    std::fs::rename(disk, &layer).map_err(|e| DaemonError::io("move", disk, e))?;
-    if let Err(e) = create_overlay(&layer, Format::Qcow2, disk) {
-        let _ = std::fs::rename(&layer, disk);
-        return Err(e);
-    }
+    Ok(layers.join(format!("{owner}-{stamp}-{seq}.qcow2")))
+}
+
+/// Freezes the overlay at `disk` into a new read-only layer and puts a fresh overlay over
+/// that layer at `disk`; returns the layer. The disk's owner must be stopped, and the caller
+/// holds [`layers_lock`] until every overlay over the new layer exists.
+pub fn freeze(d: &Daemon, disk: &Path, owner: &str) -> Result<PathBuf> {
+    let layer = new_layer(d, owner)?;
+    freeze_to(disk, &layer)?;
     Ok(layer)
 }
 
-/// Every file in the chains of the instances' disks.
-fn referenced(d: &Daemon) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for (inst, _) in d.db().instances()? {
-        let Some(p) = inst.disk.as_deref().map(PathBuf::from) else {
-            continue;
-        };
-        if !p.exists() {
-            continue;
-        }
-        for i in disk::info_chain(&p, Some(format_of(&p)))? {
-            files.push(std::path::absolute(&i.path).unwrap_or(i.path));
-        }
+/// Freezes the overlay at `disk` into the layer `layer` (a new name of the same file) and
+/// replaces `disk` by a fresh overlay over it. On an error nothing changed. The caller holds
+/// [`layers_lock`]; nothing may write the disk meanwhile (its VM is stopped or paused).
+pub fn freeze_to(disk: &Path, layer: &Path) -> Result<()> {
+    std::fs::hard_link(disk, layer).map_err(|e| DaemonError::io("link", layer, e))?;
+    let next = disk.with_extension("qcow2.next");
+    let _ = std::fs::remove_file(&next); // left by a daemon that died here
+    let made = create_overlay(layer, Format::Qcow2, &next).and_then(|()| {
+        std::fs::rename(&next, disk).map_err(|e| DaemonError::io("rename", &next, e))
+    });
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&next);
+        let _ = std::fs::remove_file(layer);
+        return Err(e);
     }
-    Ok(files)
+    for dir in [disk.parent(), layer.parent()].into_iter().flatten() {
+        sync_dir(dir);
+    }
+    Ok(())
 }
 
-/// The instances whose disk chains reach `file`.
+/// Undoes [`freeze_to`]: the layer's file (the old overlay, which a VMM may still have open)
+/// takes the disk's name again, replacing the new overlay.
+pub fn unfreeze(disk: &Path, layer: &Path) -> Result<()> {
+    std::fs::rename(layer, disk).map_err(|e| DaemonError::io("rename", layer, e))?;
+    if let Some(dir) = disk.parent() {
+        sync_dir(dir);
+    }
+    Ok(())
+}
+
+/// Makes renames and links in `dir` durable (best effort: a failure is logged).
+fn sync_dir(dir: &Path) {
+    if let Err(e) = std::fs::File::open(dir).and_then(|f| f.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot sync directory");
+    }
+}
+
+/// Every disk chain the daemon must keep: each instance's disk and each snapshot's layer,
+/// with who holds it (`NAME` or `NAME (snapshot SNAP)`).
+fn chains(d: &Daemon) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    let mut tops: Vec<(String, PathBuf, Format)> = Vec::new();
+    {
+        let db = d.db();
+        for (inst, _) in db.instances()? {
+            if let Some(p) = inst.disk.as_deref().map(PathBuf::from) {
+                let f = format_of(&p);
+                tops.push((inst.name, p, f));
+            }
+        }
+        for (inst, snap, layer) in db.snapshot_layers()? {
+            tops.push((
+                format!("{inst} (snapshot {snap})"),
+                PathBuf::from(layer),
+                Format::Qcow2,
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(tops.len());
+    for (owner, top, format) in tops {
+        if !top.exists() {
+            continue;
+        }
+        let files = disk::info_chain(&top, Some(format))?
+            .into_iter()
+            .map(|i| std::path::absolute(&i.path).unwrap_or(i.path))
+            .collect();
+        out.push((owner, files));
+    }
+    Ok(out)
+}
+
+/// The instances (and snapshots) whose disk chains reach `file`.
 pub fn users_of(d: &Daemon, file: &Path) -> Result<Vec<String>> {
     let file = std::path::absolute(file).map_err(|e| DaemonError::io("resolve", file, e))?;
-    let mut users = Vec::new();
-    for (inst, _) in d.db().instances()? {
-        let Some(p) = inst.disk.as_deref().map(PathBuf::from) else {
-            continue;
-        };
-        if !p.exists() {
-            continue;
-        }
-        let chain = disk::info_chain(&p, Some(format_of(&p)))?;
-        if chain
-            .iter()
-            .any(|i| std::path::absolute(&i.path).is_ok_and(|a| a == file))
-        {
-            users.push(inst.name);
-        }
-    }
-    Ok(users)
+    Ok(chains(d)?
+        .into_iter()
+        .filter(|(_, files)| files.contains(&file))
+        .map(|(owner, _)| owner)
+        .collect())
 }
 
-/// Removes the layers no instance disk's chain reaches any more.
+/// Removes the layers no instance disk's chain and no snapshot's chain reaches any more.
 pub fn collect_garbage(d: &Daemon) -> Result<()> {
     let _held = layers_lock();
     let layers = d.config.layer_dir();
     let Ok(entries) = std::fs::read_dir(&layers) else {
         return Ok(());
     };
-    let keep = referenced(d)?;
+    let keep: Vec<PathBuf> = chains(d)?.into_iter().flat_map(|(_, f)| f).collect();
     for e in entries.flatten() {
         let p = e.path();
         let abs = std::path::absolute(&p).unwrap_or_else(|_| p.clone());
@@ -132,6 +183,41 @@ pub fn collect_garbage(d: &Daemon) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn freezing_keeps_the_file_and_never_empties_the_name() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("root.qcow2");
+        disk::create(
+            &disk,
+            &CreateOptions {
+                size: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let before = std::fs::metadata(&disk).unwrap().ino();
+        let layer = dir.path().join("layer.qcow2");
+        freeze_to(&disk, &layer).unwrap();
+        assert_eq!(std::fs::metadata(&layer).unwrap().ino(), before);
+        let chain = disk::info_chain(&disk, Some(Format::Qcow2)).unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[1].path, layer);
+        // taken again: refused, nothing changed
+        assert!(freeze_to(&disk, &layer).is_err());
+        assert_eq!(
+            disk::info_chain(&disk, Some(Format::Qcow2)).unwrap().len(),
+            2
+        );
+        unfreeze(&disk, &layer).unwrap();
+        assert_eq!(std::fs::metadata(&disk).unwrap().ino(), before);
+        assert!(!layer.exists());
+        // a layer whose overlay cannot be made: the link goes again
+        let missing_dir = dir.path().join("no/such/dir/root.qcow2");
+        assert!(freeze_to(&missing_dir, &layer).is_err());
+        assert!(!layer.exists());
+    }
 
     #[test]
     fn formats_follow_the_file_name() {

@@ -204,6 +204,8 @@ fn schemas_match_the_api_types() {
                 name: "s".into(),
                 created_at: 0,
                 path: "/p".into(),
+                stateful: true,
+                disk_layer: Some("/l".into()),
             }),
         ),
         ("CreateSnapshot", keys(&CreateSnapshot { name: "s".into() })),

@@ -306,7 +306,13 @@ pub fn snapshot_create(d: &Daemon, name: &str, snap: &str) -> Result<Snapshot> {
     let (inst, _) = d.db().instance(name)?;
     let live = d.procs().contains_key(name) && inst.status == InstanceStatus::Running;
     let created_at = now();
-    d.db().insert_snapshot(name, snap, created_at)?;
+    let stored = crate::db::StoredSnapshot {
+        name: snap.to_string(),
+        created_at,
+        stateful: false,
+        layer: None,
+    };
+    d.db().insert_snapshot(name, &stored)?;
     let dir = d.config.snapshot_dir(name, snap);
     if let Err(e) = copy_upper(d, name, &dir, live) {
         let _ = d.db().delete_snapshot(name, snap);
@@ -319,6 +325,8 @@ pub fn snapshot_create(d: &Daemon, name: &str, snap: &str) -> Result<Snapshot> {
         name: snap.to_string(),
         created_at,
         path: dir.display().to_string(),
+        stateful: false,
+        disk_layer: None,
     })
 }
 
@@ -326,9 +334,7 @@ pub fn snapshot_create(d: &Daemon, name: &str, snap: &str) -> Result<Snapshot> {
 pub fn snapshot_restore(d: &Daemon, name: &str, snap: &str) -> Result<Instance> {
     let _guard = d.claim(name, "snapshot restore")?;
     let (inst, _) = d.db().instance(name)?;
-    if !d.db().snapshots(name)?.iter().any(|(n, _)| n == snap) {
-        return Err(DaemonError::not_found("snapshot", snap));
-    }
+    d.db().snapshot(name, snap)?;
     if d.procs().contains_key(name) {
         return Err(DaemonError::Conflict(format!(
             "container '{name}' is {}: stop it before restoring a snapshot",

@@ -23,13 +23,16 @@ pub struct ListArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Snapshot an instance: a running or paused VM (paused for it, resumed after), or a
+    /// Snapshot an instance: a running or paused VM's memory, state and disk (paused for it,
+    /// resumed after; the disk becomes a copy-on-write layer), a stopped VM's disk, or a
     /// container's writable layer (copied while it is frozen).
     Create(SnapArgs),
     /// List an instance's snapshots.
     List(ListArgs),
-    /// Restore from a snapshot: a VM resumes the snapshot in a new VMM; a stopped
-    /// container gets the snapshot's files back.
+    /// Restore from a snapshot: a VM's disk goes back to the snapshot's (later writes are
+    /// dropped), then a snapshot with memory resumes in a new VMM, and a disk-only one
+    /// leaves the VM stopped (or boots it again if it was running); a stopped container
+    /// gets the snapshot's files back.
     Restore(SnapArgs),
     /// Delete a snapshot.
     Delete(SnapArgs),

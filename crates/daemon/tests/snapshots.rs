@@ -1,0 +1,286 @@
+//! VM snapshots capture the disk as a copy-on-write layer (test guests with a qcow2 disk on
+//! /dev/kvm): a running VM's disk freezes into a layer and its VMM switches to a fresh
+//! overlay (image ← layer ← root.qcow2, the new file open in the VMM); restores put a fresh
+//! overlay over the layer, any number of times; stopped VMs get disk-only snapshots; layers
+//! are collected once no chain or snapshot needs them; a failed snapshot changes nothing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use api::daemon::{ImportImage, InstanceStatus, RestartPolicy};
+use client::daemon::DaemonClient;
+use client::ClientError;
+use common::{alive, kvm_available, request, running, test_guest, TestDaemon};
+use disk::Format;
+
+fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> u16 {
+    match r {
+        Err(ClientError::Status { status, .. }) => status,
+        other => panic!("expected an HTTP error, got {other:?}"),
+    }
+}
+
+fn read(path: &Path, off: u64, len: usize) -> Vec<u8> {
+    let img = disk::open(path, Format::Qcow2, true).unwrap();
+    let mut b = vec![0u8; len];
+    img.read_at(&mut b, off).unwrap();
+    b
+}
+
+/// Writes into a stopped instance's disk, as its guest would have.
+fn write(path: &Path, off: u64, data: &[u8]) {
+    let img = disk::open(path, Format::Qcow2, false).unwrap();
+    img.write_at(data, off).unwrap();
+    img.flush().unwrap();
+}
+
+fn chain(path: &Path) -> Vec<PathBuf> {
+    disk::info_chain(path, Some(Format::Qcow2))
+        .unwrap()
+        .into_iter()
+        .map(|i| i.path)
+        .collect()
+}
+
+fn layers(d: &TestDaemon) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(d.dir.path().join("state/layers"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn ino(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// Inodes of the regular files process `pid` has open.
+fn open_inodes(pid: i32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.ino())
+        .collect()
+}
+
+/// A daemon with image `dimg`: the test guest and an 8 MiB disk.
+fn daemon_with_disk_image() -> (TestDaemon, DaemonClient, PathBuf) {
+    assert!(
+        kvm_available(),
+        "this test starts guests: it needs /dev/kvm"
+    );
+    let d = TestDaemon::start();
+    let c = d.client();
+    let base = d.dir.path().join("base.raw");
+    let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i >> 9) as u8).collect();
+    std::fs::write(&base, &data).unwrap();
+    let image = c
+        .import_image(&ImportImage {
+            name: "dimg".into(),
+            kernel: test_guest().display().to_string(),
+            rootfs: None,
+            initrd: None,
+            disk: Some(base.display().to_string()),
+            cmdline: Some("console=ttyS0".into()),
+        })
+        .unwrap();
+    (d, c, PathBuf::from(image.disk.unwrap()))
+}
+
+fn launch(d: &TestDaemon, c: &DaemonClient, name: &str, start: bool) -> PathBuf {
+    let mut r = request(name, "idle", RestartPolicy::No);
+    r.image = "dimg".into();
+    r.start = start;
+    let inst = c.create(&r).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    PathBuf::from(inst.disk.unwrap())
+}
+
+#[test]
+fn snapshots_freeze_the_disk_and_restore_onto_fresh_overlays() {
+    let (d, c, pool) = daemon_with_disk_image();
+    let root = launch(&d, &c, "a", true);
+    let pid = d.wait_for("a", "running", running).pid.unwrap();
+    let old_file = ino(&root);
+
+    // A live snapshot: memory, state and the disk as a layer; the VMM is on a new overlay.
+    let s1 = c.create_snapshot("a", "s1").unwrap();
+    assert!(s1.stateful, "{s1:?}");
+    let l1 = PathBuf::from(s1.disk_layer.clone().expect("a disk layer"));
+    assert!(Path::new(&s1.path).join("state").is_file());
+    assert_eq!(layers(&d), std::slice::from_ref(&l1));
+    assert_eq!(chain(&root), [root.clone(), l1.clone(), pool.clone()]);
+    assert_eq!(ino(&l1), old_file, "the layer is the file the guest wrote");
+    let inst = c.get("a").unwrap();
+    assert_eq!(
+        (inst.status, inst.pid),
+        (InstanceStatus::Running, Some(pid))
+    );
+    let fds = open_inodes(pid);
+    assert!(
+        fds.contains(&ino(&root)),
+        "the VMM has the new overlay open"
+    );
+    assert!(fds.contains(&ino(&l1)), "…and the layer under it");
+
+    // A taken name: refused before the guest is touched.
+    assert_eq!(status_of(c.create_snapshot("a", "s1")), 409);
+    assert_eq!(layers(&d), std::slice::from_ref(&l1));
+    assert_eq!(chain(&root).len(), 3);
+
+    // The guest writes on; a restore goes back to the snapshot (twice: the layer stays).
+    c.stop("a", true).unwrap();
+    write(&root, 0, b"AFTER");
+    let l1_bytes = std::fs::read(&l1).unwrap();
+    for round in 0..2 {
+        let before = c.get("a").unwrap().pid;
+        let restored = c
+            .restore_snapshot("a", "s1")
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+        assert_eq!(restored.status, InstanceStatus::Running, "round {round}");
+        let pid = restored.pid.unwrap();
+        assert_ne!(Some(pid), before);
+        assert_eq!(chain(&root), [root.clone(), l1.clone(), pool.clone()]);
+        assert_eq!(
+            read(&root, 0, 5),
+            [0u8; 5],
+            "the write after the snapshot is gone"
+        );
+        assert!(open_inodes(pid).contains(&ino(&root)));
+        assert_eq!(
+            std::fs::read(&l1).unwrap(),
+            l1_bytes,
+            "the layer is never written"
+        );
+    }
+
+    // A stopped VM: a disk-only snapshot; restoring it keeps the VM stopped.
+    c.stop("a", true).unwrap();
+    write(&root, 0, b"BBBB");
+    let s2 = c.create_snapshot("a", "s2").unwrap();
+    assert!(!s2.stateful, "{s2:?}");
+    let l2 = PathBuf::from(s2.disk_layer.clone().unwrap());
+    assert_eq!(c.get("a").unwrap().status, InstanceStatus::Stopped);
+    assert_eq!(
+        chain(&root),
+        [root.clone(), l2.clone(), l1.clone(), pool.clone()]
+    );
+    write(&root, 0, b"CCCC");
+    let back = c.restore_snapshot("a", "s2").unwrap();
+    assert_eq!(back.status, InstanceStatus::Stopped);
+    assert_eq!(read(&root, 0, 4), b"BBBB");
+    // …and boots a running one afresh on the snapshot's disk.
+    let pid = c.start("a").unwrap().pid.unwrap();
+    let rebooted = c.restore_snapshot("a", "s2").unwrap();
+    assert_eq!(rebooted.status, InstanceStatus::Running);
+    assert_ne!(rebooted.pid, Some(pid));
+    assert!(!alive(pid));
+    c.stop("a", true).unwrap();
+
+    // Layers go once nothing needs them: s3's layer is kept by s3 alone after restoring s2.
+    let s3 = c.create_snapshot("a", "s3").unwrap();
+    let l3 = PathBuf::from(s3.disk_layer.unwrap());
+    c.restore_snapshot("a", "s2").unwrap();
+    assert_eq!(
+        chain(&root),
+        [root.clone(), l2.clone(), l1.clone(), pool.clone()]
+    );
+    assert!(l3.exists(), "kept for snapshot s3");
+    c.delete_snapshot("a", "s3").unwrap();
+    assert!(!l3.exists(), "collected with s3");
+    c.delete_snapshot("a", "s1").unwrap();
+    assert!(l1.exists(), "still in the disk's chain");
+    assert!(!Path::new(&s1.path).exists());
+
+    // A linked clone of an instance with snapshots; the image cannot go while chained.
+    let b = c.copy("a", "b").unwrap();
+    let b_root = PathBuf::from(b.disk.unwrap());
+    let b_chain = chain(&b_root);
+    assert_eq!(b_chain.len(), 5, "{b_chain:?}");
+    assert_eq!(b_chain[2..], [l2.clone(), l1.clone(), pool.clone()]);
+    assert_eq!(read(&b_root, 0, 4), b"BBBB");
+    assert_eq!(status_of(c.delete_image("dimg")), 409);
+
+    // Deleting the instances takes their snapshots and every layer along.
+    c.delete("a", false).unwrap();
+    assert!(l2.exists(), "b's chain needs it");
+    assert_eq!(read(&b_root, 0, 4), b"BBBB");
+    c.delete("b", false).unwrap();
+    assert_eq!(layers(&d), Vec::<PathBuf>::new());
+    c.delete_image("dimg").unwrap();
+}
+
+#[test]
+fn a_failed_snapshot_leaves_the_guest_on_its_disk() {
+    let (d, c, pool) = daemon_with_disk_image();
+    let root = launch(&d, &c, "a", true);
+    let pid = d.wait_for("a", "running", running).pid.unwrap();
+    let file = ino(&root);
+
+    // The VMM refuses: the snapshot directory already holds a snapshot.
+    let dir = d.dir.path().join("state/instances/a/snapshots/s1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("state"), b"x").unwrap();
+    assert_eq!(status_of(c.create_snapshot("a", "s1")), 409);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Freezing fails after the VMM wrote its snapshot (the new overlay's temporary name is
+    // taken by a directory).
+    let blocker = root.with_extension("qcow2.next");
+    std::fs::create_dir(&blocker).unwrap();
+    let e = c.create_snapshot("a", "s1").unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+    std::fs::remove_dir(&blocker).unwrap();
+
+    for _ in 0..2 {
+        let inst = c.get("a").unwrap();
+        assert_eq!(
+            (inst.status, inst.pid),
+            (InstanceStatus::Running, Some(pid))
+        );
+        assert_eq!(ino(&root), file, "the same disk file");
+        assert_eq!(chain(&root), [root.clone(), pool.clone()]);
+        assert_eq!(layers(&d), Vec::<PathBuf>::new());
+        assert!(c.snapshots("a").unwrap().is_empty());
+        assert!(!d.dir.path().join("state/instances/a/snapshots/s1").exists());
+        assert!(open_inodes(pid).contains(&file));
+        let vm = client::vm::VmClient::new(client::Endpoint::new(
+            d.dir.path().join("run/instances/a/api.sock"),
+        ));
+        assert_eq!(
+            vm.info().unwrap().state,
+            api::vm::VmState::Running,
+            "resumed"
+        );
+    }
+    // And the next one works.
+    let s = c.create_snapshot("a", "s1").unwrap();
+    assert!(s.stateful && s.disk_layer.is_some(), "{s:?}");
+    assert_eq!(c.get("a").unwrap().status, InstanceStatus::Running);
+}
+
+#[test]
+fn a_chain_too_deep_to_open_is_refused() {
+    let (d, c, _) = daemon_with_disk_image();
+    let root = launch(&d, &c, "a", false);
+    let mut taken = 0;
+    loop {
+        match c.create_snapshot("a", &format!("s{taken}")) {
+            Ok(_) => taken += 1,
+            Err(e) => {
+                assert_eq!(status_of::<()>(Err(e)), 409);
+                break;
+            }
+        }
+        assert!(taken < 20, "never refused");
+    }
+    assert_eq!(chain(&root).len(), disk::MAX_CHAIN_DEPTH);
+    assert_eq!(taken, disk::MAX_CHAIN_DEPTH - 2);
+    // The deepest chain kapsel opens still starts.
+    c.start("a").unwrap();
+    d.wait_for("a", "running", running);
+}

@@ -6,9 +6,10 @@
 //! L1 speaks first: its ARP request replaces the guest's entry for the old TAP's MAC), and a
 //! vsock connection from L1 reaches the listener the guest opened before the snapshot;
 //! (b) three clones run side by side from the same snapshot, each with its own TAP, MAC, host
-//! address, vsock socket and CID, and its own copy of the disk (`kapsel restore --net …
-//! --vsock … --disk …`): each counts on, pings its own L1 address, receives its own vsock
-//! message, and reads back only its own file.
+//! address, vsock socket and CID, and its own qcow2 overlay over the snapshot's disk
+//! (`kapsel restore --net … --vsock … --disk id=disk0,path=CLONE.qcow2,format=qcow2`): each
+//! counts on, pings its own L1 address, receives its own vsock message and reads back only
+//! its own file; the shared base stays byte for byte as it was.
 //!
 //! One test-bed run serves both tests (the first to need it runs it). Each VMM's console is a
 //! `KTEST-BEGIN`/`KTEST-END` block; the scenario's findings are `SD-…` lines. Nothing skips.
@@ -58,8 +59,14 @@ echo "SD-SNAPSHOT rc=$rc count=$(lc_last src)"
 [ $rc = 0 ] || sed 's/^/SD-SNAPSHOT-MSG /' /tmp/snap.out
 kill -9 "$(cat /tmp/src.pid)"; lc_reap src
 exec 3>&-
-# each clone gets its own copy of the disk as it was at the snapshot
-for k in {clones}; do cp /tmp/src.img /tmp/$k.img; done
+# the disk as it was at the snapshot becomes the clones' read-only base; each clone gets a
+# qcow2 overlay over it (copy-on-write: an overlay holds only what its clone writes)
+cp /tmp/src.img /tmp/base.img
+base_sum=$(md5sum < /tmp/base.img)
+for k in {clones}; do
+  kapsel disk create /tmp/$k.qcow2 --backing /tmp/base.img --backing-format raw >/dev/null 2>/tmp/$k.create; echo "SD-OVERLAY $k rc=$?"
+  echo "SD-OVERLAY-SIZE $k $(stat -c %s /tmp/$k.qcow2)"
+done
 
 # (a) a fresh process, the saved configuration as it was (a new auto TAP with 10.0.2.1)
 t=$(lc_now)
@@ -82,7 +89,7 @@ lc_stop rst 3
 # (b) three clones at once, each with its own TAP, MAC, host address, vsock and disk
 t=$(lc_now); fd=4; n=1
 for k in {clones}; do
-  lc_start $k $fd restore /tmp/snap --api-socket /tmp/$k.sock --net id=net0,tap=$k,mac=52:54:00:00:00:1$n,ip=10.0.1$n.1/24 --vsock socket=/tmp/$k.vsock,cid=1$n --disk id=disk0,path=/tmp/$k.img,format=raw
+  lc_start $k $fd restore /tmp/snap --api-socket /tmp/$k.sock --net id=net0,tap=$k,mac=52:54:00:00:00:1$n,ip=10.0.1$n.1/24 --vsock socket=/tmp/$k.vsock,cid=1$n --disk id=disk0,path=/tmp/$k.qcow2,format=qcow2
   fd=$((fd + 1)); n=$((n + 1))
 done
 for k in {clones}; do lc_wait $k 'count-' 60; done
@@ -102,8 +109,11 @@ for k in {clones}; do lc_wait $k VSOCK-GOT-hello-$k 60 && echo "SD-VSOCK $k"; do
 for k in {clones}; do s=$(lc_last $k); lc_wait_count $k $((s + 5)) 60 && echo "SD-COUNTS-ON $k"; done
 fd=4; for k in {clones}; do lc_stop $k $fd; fd=$((fd + 1)); done
 for k in {clones}; do
-  for o in {clones}; do grep -q "$o-data" /tmp/$k.img && echo "SD-IMAGE $k holds $o"; done
+  for o in {clones}; do grep -q "$o-data" /tmp/$k.qcow2 && echo "SD-IMAGE $k holds $o"; done
+  kapsel disk info /tmp/$k.qcow2 2>&1 | sed "s/^/SD-INFO $k /"
 done
+for o in {clones}; do grep -q "$o-data" /tmp/base.img && echo "SD-IMAGE base holds $o"; done
+[ "$(md5sum < /tmp/base.img)" = "$base_sum" ] && echo "SD-BASE-UNCHANGED"
 
 for k in src rst {clones}; do lc_dump $k; done
 echo "SD-DONE"
@@ -264,9 +274,9 @@ fn testbed_snapshot_devices_restore_in_a_fresh_process_keeps_disk_net_and_vsock(
 }
 
 /// (b) Three clones of one snapshot at once, each on its own TAP/MAC/address, vsock
-/// socket/CID and disk copy.
+/// socket/CID and a qcow2 overlay over one shared base disk.
 #[test]
-fn testbed_snapshot_devices_three_clones_with_their_own_tap_vsock_and_disk() {
+fn testbed_snapshot_devices_three_clones_with_their_own_tap_vsock_and_qcow2_overlay() {
     let run = run();
     let at = snapshot_count(run);
     for (n, name) in CLONES.iter().enumerate() {
@@ -312,5 +322,26 @@ fn testbed_snapshot_devices_three_clones_with_their_own_tap_vsock_and_disk() {
             &format!("LC-EXIT {name} rc=0"),
             "a clone did not stop cleanly",
         );
+        // its disk is a qcow2 overlay over the snapshot's disk, not a copy of it
+        require(
+            run,
+            &format!("SD-OVERLAY {name} rc=0"),
+            "kapsel disk create of a clone's overlay",
+        );
+        require(
+            run,
+            &format!("SD-INFO {name}   backing file: /tmp/base.img (raw)"),
+            "a clone's overlay names the base as its backing file",
+        );
+        assert!(
+            !has_line(run, &format!("SD-IMAGE base holds {name}")),
+            "{name} wrote into the shared base:\n{}",
+            run.tail(120)
+        );
     }
+    require(
+        run,
+        "SD-BASE-UNCHANGED",
+        "the clones' shared base must not change",
+    );
 }

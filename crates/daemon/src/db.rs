@@ -219,6 +219,13 @@ impl Db {
             )?;
             if !present {
                 conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+                if column == "stateful" {
+                    // A container's snapshot never held memory.
+                    conn.execute_batch(
+                        "UPDATE snapshots SET stateful = 0 WHERE instance IN
+                            (SELECT name FROM instances WHERE kind = 'container')",
+                    )?;
+                }
             }
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -693,11 +700,19 @@ mod tests {
                 [serde_json::to_string(&instance("a").config).unwrap()],
             )
             .unwrap();
+            conn.execute(
+                "INSERT INTO snapshots (instance, name, created_at) VALUES ('a', 'old', 1)",
+                [],
+            )
+            .unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
         }
         let mut db = Db::open(&path).unwrap();
         let (got, _) = db.instance("a").unwrap();
         assert_eq!((got.kind, got.address), (InstanceKind::Vm, None));
+        // a VM's snapshot from before disk layers: memory and state, no layer
+        let old = db.snapshot("a", "old").unwrap();
+        assert!(old.stateful && old.layer.is_none(), "{old:?}");
         let snap = StoredSnapshot {
             name: "s".into(),
             created_at: 2,
@@ -720,6 +735,41 @@ mod tests {
         drop(db);
         // Opening again changes nothing.
         assert_eq!(Db::open(&path).unwrap().instance("c").unwrap().0, c);
+    }
+
+    #[test]
+    fn container_snapshots_from_before_disk_layers_are_not_stateful() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let old = SCHEMA.replace(
+                "\n    stateful INTEGER NOT NULL DEFAULT 1,\n    layer TEXT,",
+                "",
+            );
+            conn.execute_batch(&old).unwrap();
+            for (name, kind) in [("vm", "vm"), ("ct", "container")] {
+                conn.execute(
+                    "INSERT INTO instances (name, image, config, status, created_at, kind)
+                     VALUES (?1, 'img', ?2, 'stopped', 1, ?3)",
+                    params![
+                        name,
+                        serde_json::to_string(&instance(name).config).unwrap(),
+                        kind
+                    ],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO snapshots (instance, name, created_at) VALUES (?1, 's', 1)",
+                    [name],
+                )
+                .unwrap();
+            }
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert!(db.snapshot("vm", "s").unwrap().stateful);
+        assert!(!db.snapshot("ct", "s").unwrap().stateful);
     }
 
     #[test]

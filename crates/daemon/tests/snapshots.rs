@@ -261,6 +261,24 @@ fn a_failed_snapshot_leaves_the_guest_on_its_disk() {
     let s = c.create_snapshot("a", "s1").unwrap();
     assert!(s.stateful && s.disk_layer.is_some(), "{s:?}");
     assert_eq!(c.get("a").unwrap().status, InstanceStatus::Running);
+
+    // A paused guest is snapshotted as it is and stays paused.
+    let vm = client::vm::VmClient::new(client::Endpoint::new(
+        d.dir.path().join("run/instances/a/api.sock"),
+    ));
+    c.pause("a").unwrap();
+    let s2 = c.create_snapshot("a", "s2").unwrap();
+    let l2 = PathBuf::from(s2.disk_layer.unwrap());
+    assert_eq!(chain(&root)[1], l2);
+    assert_eq!(c.get("a").unwrap().status, InstanceStatus::Paused);
+    assert_eq!(vm.info().unwrap().state, api::vm::VmState::Paused);
+    assert_eq!(
+        vm.disk_backend("disk0").unwrap().path,
+        root.display().to_string()
+    );
+    assert!(open_inodes(pid).contains(&ino(&root)));
+    c.resume("a").unwrap();
+    assert_eq!(vm.info().unwrap().state, api::vm::VmState::Running);
 }
 
 #[test]

@@ -17,12 +17,13 @@ const MAX_EVENTS: i64 = 10_000;
 
 /// Columns added after schema 1 shipped (table, column, declaration): added in place to an
 /// older database, so the schema version stays and older daemons still read it.
-const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
     ("instances", "kind", "TEXT NOT NULL DEFAULT 'vm'"),
     ("instances", "address", "TEXT"),
     ("images", "rootfs", "TEXT"),
     ("snapshots", "stateful", "INTEGER NOT NULL DEFAULT 1"),
     ("snapshots", "layer", "TEXT"),
+    ("snapshots", "complete", "INTEGER NOT NULL DEFAULT 1"),
 ];
 
 const SCHEMA: &str = "
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created_at INTEGER NOT NULL,
     stateful INTEGER NOT NULL DEFAULT 1,
     layer TEXT,
+    complete INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (instance, name)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -90,6 +92,8 @@ pub struct StoredSnapshot {
     pub stateful: bool,
     /// The VM's frozen disk layer, if its disk was captured.
     pub layer: Option<String>,
+    /// Taken to the end (false while it is being taken, or if a daemon died meanwhile).
+    pub complete: bool,
 }
 
 fn snapshot_from_row(row: &Row<'_>) -> rusqlite::Result<StoredSnapshot> {
@@ -98,6 +102,7 @@ fn snapshot_from_row(row: &Row<'_>) -> rusqlite::Result<StoredSnapshot> {
         created_at: row.get("created_at")?,
         stateful: row.get("stateful")?,
         layer: row.get("layer")?,
+        complete: row.get("complete")?,
     })
 }
 
@@ -467,14 +472,15 @@ impl Db {
 
     pub fn insert_snapshot(&mut self, instance: &str, snap: &StoredSnapshot) -> Result<()> {
         let r = self.conn.execute(
-            "INSERT INTO snapshots (instance, name, created_at, stateful, layer)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO snapshots (instance, name, created_at, stateful, layer, complete)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 instance,
                 snap.name,
                 snap.created_at,
                 snap.stateful,
-                snap.layer
+                snap.layer,
+                snap.complete
             ],
         );
         match r {
@@ -506,6 +512,27 @@ impl Db {
             )
             .optional()?
             .ok_or_else(|| DaemonError::not_found("snapshot", name))
+    }
+
+    /// Marks a snapshot taken to the end.
+    pub fn set_snapshot_complete(&mut self, instance: &str, name: &str) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE snapshots SET complete = 1 WHERE instance = ?1 AND name = ?2",
+            params![instance, name],
+        )?;
+        if n == 0 {
+            return Err(DaemonError::not_found("snapshot", name));
+        }
+        Ok(())
+    }
+
+    /// (instance, snapshot) of every snapshot not taken to the end.
+    pub fn incomplete_snapshots(&self) -> Result<Vec<(String, StoredSnapshot)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM snapshots WHERE complete = 0 ORDER BY instance, name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get("instance")?, snapshot_from_row(r)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// (instance, snapshot, layer) of every snapshot that holds a disk layer.
@@ -712,15 +739,27 @@ mod tests {
         assert_eq!((got.kind, got.address), (InstanceKind::Vm, None));
         // a VM's snapshot from before disk layers: memory and state, no layer
         let old = db.snapshot("a", "old").unwrap();
-        assert!(old.stateful && old.layer.is_none(), "{old:?}");
-        let snap = StoredSnapshot {
+        assert!(
+            old.stateful && old.complete && old.layer.is_none(),
+            "{old:?}"
+        );
+        let mut snap = StoredSnapshot {
             name: "s".into(),
             created_at: 2,
             stateful: false,
             layer: Some("/l/a.qcow2".into()),
+            complete: false,
         };
         db.insert_snapshot("a", &snap).unwrap();
         assert_eq!(db.snapshot("a", "s").unwrap(), snap);
+        assert_eq!(
+            db.incomplete_snapshots().unwrap(),
+            [("a".into(), snap.clone())]
+        );
+        db.set_snapshot_complete("a", "s").unwrap();
+        snap.complete = true;
+        assert_eq!(db.snapshot("a", "s").unwrap(), snap);
+        assert!(db.incomplete_snapshots().unwrap().is_empty());
         assert_eq!(
             db.snapshot_layers().unwrap(),
             [("a".into(), "s".into(), "/l/a.qcow2".into())]

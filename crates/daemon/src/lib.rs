@@ -44,6 +44,9 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let daemon = Arc::new(Daemon::new(config)?);
     network::restore(&daemon);
     supervisor::recover(&daemon)?;
+    if let Err(e) = snapshots::recover(&daemon) {
+        tracing::warn!(error = %e.line(), "half-taken snapshots not settled");
+    }
     let sup = daemon.clone();
     std::thread::Builder::new()
         .name("supervisor".into())

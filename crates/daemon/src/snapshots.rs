@@ -24,6 +24,9 @@
 //! instance or restoring removes the layers no disk chain and no snapshot reaches any more.
 //! Snapshots recorded before disks were captured (no layer) restore as they did, on the
 //! disk as it is.
+//!
+//! A snapshot is recorded before it is taken and marked complete at the end; one a daemon
+//! left half-taken (it died meanwhile) is settled at the next start ([`recover`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,7 +73,11 @@ fn vmm_error(what: &str, e: ClientError) -> DaemonError {
 pub fn list(d: &Daemon, instance: &str) -> Result<Vec<Snapshot>> {
     d.db().instance(instance)?;
     let rows = d.db().snapshots(instance)?;
-    Ok(rows.iter().map(|s| view(d, instance, s)).collect())
+    Ok(rows
+        .iter()
+        .filter(|s| s.complete)
+        .map(|s| view(d, instance, s))
+        .collect())
 }
 
 /// The instance's disk if it can be frozen (a qcow2 overlay), after checking that its chain
@@ -125,6 +132,7 @@ pub fn create(d: &Daemon, instance: &str, name: &str) -> Result<Snapshot> {
         created_at: now(),
         stateful: live,
         layer: layer.as_ref().map(|l| l.display().to_string()),
+        complete: false,
     };
     // Recorded first: a taken name stops here, and the layer counts as referenced from the
     // moment it exists.
@@ -144,8 +152,19 @@ pub fn create(d: &Daemon, instance: &str, name: &str) -> Result<Snapshot> {
         tracing::warn!(instance, snapshot = name, error = %e.line(), "snapshot rolled back");
         return Err(e);
     }
+    if let Err(e) = d.db().set_snapshot_complete(instance, name) {
+        // Settled at the next daemon start (the disk switch is done).
+        tracing::warn!(instance, snapshot = name, error = %e.line(), "snapshot not marked complete");
+    }
     d.event("snapshot-created", Some(instance), name);
-    Ok(view(d, instance, &stored))
+    Ok(view(
+        d,
+        instance,
+        &StoredSnapshot {
+            complete: true,
+            ..stored
+        },
+    ))
 }
 
 /// A stopped VM's snapshot: its disk frozen into `layer`.
@@ -226,6 +245,11 @@ pub fn restore(d: &Daemon, instance: &str, name: &str) -> Result<Instance> {
     let (inst, _) = d.db().instance(instance)?;
     let snap = d.db().snapshot(instance, name)?;
     let dir = d.config.snapshot_dir(instance, name);
+    if !snap.complete {
+        return Err(DaemonError::Conflict(format!(
+            "snapshot '{name}' of '{instance}' is not complete"
+        )));
+    }
     if snap.stateful && !dir.join("state").is_file() {
         return Err(DaemonError::Conflict(format!(
             "snapshot '{name}' of '{instance}' has no state file in {}",
@@ -295,4 +319,92 @@ pub fn delete(d: &Daemon, instance: &str, name: &str) -> Result<()> {
     }
     d.event("snapshot-deleted", Some(instance), name);
     Ok(())
+}
+
+/// Settles the snapshots a previous daemon left half-taken (it died while taking them):
+/// a disk whose VMM had switched to the new overlay (or a stopped VM's disk already frozen)
+/// keeps its layer and the snapshot is complete; otherwise the disk goes back to the file
+/// the guest was using and the record and directory go. A guest the snapshot paused (its
+/// VMM paused while the instance is recorded running) runs again. Runs at daemon start,
+/// after VMMs are re-attached and before anything starts.
+pub fn recover(d: &Daemon) -> Result<()> {
+    let pending = d.db().incomplete_snapshots()?;
+    for (instance, snap) in pending {
+        let (inst, _) = d.db().instance(&instance)?;
+        let pid = d.procs().get(&instance).map(|p| p.pid);
+        let kept = settle(&inst, &snap, pid).unwrap_or_else(|e| {
+            tracing::warn!(instance, snapshot = %snap.name, error = %e.line(), "cannot settle a half-taken snapshot");
+            false
+        });
+        if kept {
+            d.db().set_snapshot_complete(&instance, &snap.name)?;
+        } else {
+            d.db().delete_snapshot(&instance, &snap.name)?;
+            let dir = d.config.snapshot_dir(&instance, &snap.name);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        tracing::info!(instance, snapshot = %snap.name, kept, "half-taken snapshot settled");
+        if pid.is_some() && inst.status == InstanceStatus::Running {
+            resume_if_paused(d, &instance);
+        }
+    }
+    disks::collect_garbage(d)
+}
+
+/// Whether a half-taken snapshot is in fact complete; if not, undoes its disk freeze.
+fn settle(inst: &Instance, snap: &StoredSnapshot, pid: Option<i32>) -> Result<bool> {
+    let (Some(layer), Some(disk)) = (snap.layer.as_deref(), inst.disk.as_deref()) else {
+        return Ok(false);
+    };
+    let (layer, disk) = (Path::new(layer), Path::new(disk));
+    let _ = std::fs::remove_file(disk.with_extension("qcow2.next"));
+    let (Some(layer_id), Some(disk_id)) = (file_id(layer), file_id(disk)) else {
+        return Ok(false);
+    };
+    if layer_id == disk_id {
+        // Linked, not yet replaced: the second name goes.
+        std::fs::remove_file(layer).map_err(|e| DaemonError::io("remove", layer, e))?;
+        return Ok(false);
+    }
+    let chain = disk::info_chain(disk, Some(disk::Format::Qcow2))?;
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if chain.get(1).is_none_or(|i| abs(&i.path) != abs(layer)) {
+        return Ok(false);
+    }
+    let switched = match pid {
+        // A stopped VM's snapshot is complete once the overlay is in place.
+        None if !snap.stateful => true,
+        Some(pid) => open_file_ids(pid).contains(&disk_id),
+        None => false,
+    };
+    if !switched {
+        // The guest's writes since went to the layer's file: it takes the disk's name again.
+        disks::unfreeze(disk, layer)?;
+    }
+    Ok(switched)
+}
+
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The files process `pid` has open, as (device, inode).
+fn open_file_ids(pid: i32) -> Vec<(u64, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|r| r.flatten().filter_map(|e| file_id(&e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Resumes the VMM of a guest recorded running that is paused.
+fn resume_if_paused(d: &Daemon, instance: &str) {
+    let vm = VmClient::new(
+        Endpoint::new(d.config.api_socket(instance)).with_timeout(Duration::from_secs(10)),
+    );
+    if vm.info().is_ok_and(|i| i.state == api::vm::VmState::Paused) {
+        match vm.resume() {
+            Ok(_) => tracing::info!(instance, "guest paused by a half-taken snapshot resumed"),
+            Err(e) => tracing::warn!(instance, error = %e, "cannot resume the guest"),
+        }
+    }
 }

@@ -302,3 +302,104 @@ fn a_chain_too_deep_to_open_is_refused() {
     c.start("a").unwrap();
     d.wait_for("a", "running", running);
 }
+
+/// What a daemon that died while taking a snapshot leaves behind: the record (incomplete),
+/// maybe a layer link, maybe the new overlay, a VMM paused for it, maybe switched.
+fn half_taken(d: &TestDaemon, name: &str, layer: &Path) {
+    let db = rusqlite::Connection::open(d.dir.path().join("state/kapsel.db")).unwrap();
+    db.execute(
+        "INSERT INTO snapshots (instance, name, created_at, stateful, layer, complete)
+         VALUES ('a', ?1, 1, 1, ?2, 0)",
+        rusqlite::params![name, layer.display().to_string()],
+    )
+    .unwrap();
+    let dir = d.dir.path().join("state/instances/a/snapshots").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("memory"), b"partial").unwrap();
+}
+
+#[test]
+fn half_taken_snapshots_are_settled_when_the_daemon_starts_again() {
+    let (mut d, c, pool) = daemon_with_disk_image();
+    let root = launch(&d, &c, "a", true);
+    let pid = d.wait_for("a", "running", running).pid.unwrap();
+    let file = ino(&root);
+    let vm = client::vm::VmClient::new(client::Endpoint::new(
+        d.dir.path().join("run/instances/a/api.sock"),
+    ));
+    let layer_dir = d.dir.path().join("state/layers");
+    std::fs::create_dir_all(&layer_dir).unwrap();
+    let overlay = |layer: &Path| {
+        let next = root.with_extension("qcow2.next");
+        disk::create(
+            &next,
+            &disk::CreateOptions {
+                backing: Some((layer.display().to_string(), Format::Qcow2)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        std::fs::rename(&next, &root).unwrap();
+    };
+    // The API answers once the start-up recovery is done.
+    let respawn = |d: &mut TestDaemon| {
+        d.spawn();
+        d.client().list().unwrap();
+    };
+
+    // Died after the layer link: the link goes, the guest runs on.
+    d.kill9();
+    vm.pause().unwrap();
+    let l1 = layer_dir.join("a-1.qcow2");
+    std::fs::hard_link(&root, &l1).unwrap();
+    half_taken(&d, "s1", &l1);
+    respawn(&mut d);
+    assert!(!l1.exists());
+    assert_eq!(
+        vm.info().unwrap().state,
+        api::vm::VmState::Running,
+        "resumed"
+    );
+    assert!(c.snapshots("a").unwrap().is_empty());
+    assert!(!d.dir.path().join("state/instances/a/snapshots/s1").exists());
+    assert_eq!(ino(&root), file);
+
+    // Died after the new overlay took the disk's name, before the VMM switched: the VMM's
+    // file (the layer) takes the name back.
+    d.kill9();
+    vm.pause().unwrap();
+    let l2 = layer_dir.join("a-2.qcow2");
+    std::fs::hard_link(&root, &l2).unwrap();
+    overlay(&l2);
+    half_taken(&d, "s2", &l2);
+    respawn(&mut d);
+    assert_eq!(ino(&root), file, "the guest's file is the disk again");
+    assert!(!l2.exists());
+    assert_eq!(chain(&root), [root.clone(), pool.clone()]);
+    assert_eq!(vm.info().unwrap().state, api::vm::VmState::Running);
+    assert!(c.snapshots("a").unwrap().is_empty());
+
+    // Died after the switch: the snapshot is complete.
+    d.kill9();
+    vm.pause().unwrap();
+    let l3 = layer_dir.join("a-3.qcow2");
+    std::fs::hard_link(&root, &l3).unwrap();
+    overlay(&l3);
+    let req = api::vm::DiskBackendRequest {
+        path: root.display().to_string(),
+        format: api::vm::DiskFormat::Qcow2,
+    };
+    vm.set_disk_backend("disk0", &req).unwrap();
+    half_taken(&d, "s3", &l3);
+    respawn(&mut d);
+    let list = c.snapshots("a").unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].disk_layer.as_deref(), Some(l3.to_str().unwrap()));
+    assert_eq!(chain(&root), [root.clone(), l3.clone(), pool.clone()]);
+    assert_eq!(vm.info().unwrap().state, api::vm::VmState::Running);
+    assert_eq!(
+        c.get("a").unwrap().pid,
+        Some(pid),
+        "the same VMM throughout"
+    );
+}

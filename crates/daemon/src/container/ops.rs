@@ -311,6 +311,7 @@ pub fn snapshot_create(d: &Daemon, name: &str, snap: &str) -> Result<Snapshot> {
         created_at,
         stateful: false,
         layer: None,
+        complete: true,
     };
     d.db().insert_snapshot(name, &stored)?;
     let dir = d.config.snapshot_dir(name, snap);

@@ -141,11 +141,39 @@ fn a_paused_vm_switches_to_an_overlay_of_its_moved_disk() {
     assert!(message.contains("does not build on"), "{message}");
     assert_eq!(vm.disk_backend("disk0").unwrap().path, req.path);
 
-    // The switch works a second time (another snapshot), and the VM runs on.
+    // The switch works a second time (another snapshot), here through the CLI, and the VM
+    // runs on.
     let layer2 = d.join("layer-2.qcow2");
     std::fs::rename(&root, &layer2).unwrap();
     overlay(&layer2, &root);
-    vm.set_disk_backend("disk0", &req).unwrap();
+    let cli = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_kapsel"))
+            .arg("vm")
+            .args(args)
+            .arg("--api-socket")
+            .arg(d.join("a.sock"))
+            .output()
+            .unwrap();
+        let text =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        (o.status.code(), text)
+    };
+    let root_arg = root.display().to_string();
+    let (code, text) = cli(&["disk", "disk0", "--switch-to", &root_arg]);
+    assert_eq!(code, Some(2), "--format is required: {text}");
+    let (code, text) = cli(&[
+        "disk",
+        "disk0",
+        "--switch-to",
+        &root_arg,
+        "--format",
+        "qcow2",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("\"size_bytes\": 4194304"), "{text}");
+    let (code, text) = cli(&["disk", "disk9"]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("no disk 'disk9'"), "{text}");
     vm.resume().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(vm.info().unwrap().state, VmState::Running);

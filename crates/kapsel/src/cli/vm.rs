@@ -1,5 +1,5 @@
 //! `kapsel vm OP --api-socket PATH`: drive a running VMM through its control API
-//! (lifecycle, snapshots, metrics, run-time I/O limits, the memory balloon).
+//! (lifecycle, snapshots, metrics, run-time I/O limits, disk images, the memory balloon).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +51,19 @@ pub enum VmOp {
     Limits {
         #[command(subcommand)]
         device: LimitsDevice,
+    },
+    /// Show the image a disk serves, or make the paused VM's disk continue on another one
+    /// (an image whose backing chain contains the current one, of the same size: a fresh
+    /// qcow2 overlay over it, typically).
+    Disk {
+        /// The disk, by id (`disk0`, … or its `id=`).
+        id: String,
+        /// The image to continue on.
+        #[arg(long, value_name = "FILE", requires = "format")]
+        switch_to: Option<PathBuf>,
+        /// Its format: raw or qcow2.
+        #[arg(long, value_parser = ["raw", "qcow2"])]
+        format: Option<String>,
     },
 }
 
@@ -117,6 +130,33 @@ fn limits(client: &VmClient, device: LimitsDevice) -> Result<(), ClientError> {
     Ok(())
 }
 
+fn disk(
+    client: &VmClient,
+    id: &str,
+    to: Option<PathBuf>,
+    format: Option<String>,
+) -> Result<(), ClientError> {
+    use api::vm::{DiskBackendRequest, DiskFormat};
+    let Some(to) = to else {
+        print_json(&client.disk_backend(id)?);
+        return Ok(());
+    };
+    let path = std::path::absolute(&to).map_err(|e| ClientError::Status {
+        status: 400,
+        message: format!("--switch-to {}: {e}", to.display()),
+    })?;
+    let format = match format.as_deref() {
+        Some("raw") => DiskFormat::Raw,
+        _ => DiskFormat::Qcow2,
+    };
+    let req = DiskBackendRequest {
+        path: path.display().to_string(),
+        format,
+    };
+    print_json(&client.set_disk_backend(id, &req)?);
+    Ok(())
+}
+
 fn exec(client: &VmClient, op: VmOp) -> Result<(), ClientError> {
     match op {
         VmOp::Info => print_json(&client.info()?),
@@ -127,6 +167,11 @@ fn exec(client: &VmClient, op: VmOp) -> Result<(), ClientError> {
         VmOp::Snapshot { path } => print_json(&client.snapshot(&path.display().to_string())?),
         VmOp::Metrics => print_text(&client.metrics()?),
         VmOp::Limits { device } => limits(client, device)?,
+        VmOp::Disk {
+            id,
+            switch_to,
+            format,
+        } => disk(client, &id, switch_to, format)?,
         VmOp::Balloon { target: None } => print_json(&client.balloon()?),
         VmOp::Balloon { target: Some(t) } => {
             let bytes = vmm::parse_size(&t).map_err(|e| ClientError::Status {

@@ -150,6 +150,13 @@ pub fn activate(state: &Path, net: &Network) -> Result<()> {
     if !link_exists(br) {
         run("ip", &["link", "add", br, "type", "bridge"])?;
     }
+    // A bridge without an address of its own takes the lowest of its ports' and changes it
+    // when that port goes: guests' ARP entries for the gateway (and DNS server) would then
+    // point nowhere until they expire (seen: seconds without DNS after deleting a container).
+    run(
+        "ip",
+        &["link", "set", br, "address", &bridge_mac(&net.name)],
+    )?;
     let addr = subnet.to_string();
     let _ = Command::new("ip")
         .args(["addr", "add", &addr, "dev", br])
@@ -326,6 +333,11 @@ pub fn mac(instance: &str, index: usize) -> String {
     )
 }
 
+/// The fixed MAC of network `name`'s bridge (locally administered, stable across restarts).
+pub fn bridge_mac(name: &str) -> String {
+    mac(&format!("bridge:{name}"), 0)
+}
+
 pub(crate) fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -411,6 +423,8 @@ mod tests {
         assert_eq!(tap_name("a", 0), tap_name("a", 0));
         assert_ne!(tap_name("a", 0), tap_name("b", 0));
         assert!(mac("a", 0).starts_with("52:54:00:"));
+        assert_eq!(bridge_mac("lan"), bridge_mac("lan"));
+        assert_ne!(bridge_mac("lan"), mac("lan", 0));
         assert_ne!(mac("a", 0), mac("a", 1));
     }
 

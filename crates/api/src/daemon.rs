@@ -12,7 +12,8 @@
 //! - `GET /v1/networks`, `POST /v1/networks` [`CreateNetwork`], `DELETE /v1/networks/{name}`
 //! - `GET|POST /v1/instances/{name}/snapshots` ([`CreateSnapshot`]) → [`Snapshot`]s;
 //!   `DELETE /v1/instances/{name}/snapshots/{snapshot}`
-//! - `POST /v1/instances/{name}/exec` [`ExecRequest`] → [`ExecResult`] (containers)
+//! - `POST /v1/instances/{name}/exec` [`ExecRequest`] → [`ExecResult`] (containers), or with
+//!   `interactive` a `101` upgrade to [`crate::exec_stream`]
 //! - `GET /v1/events` (`?follow=true` streams newline-delimited [`Event`]s)
 //! - `GET /metrics` (Prometheus text format)
 
@@ -410,9 +411,13 @@ pub struct ExecRequest {
     /// Run it on a new pty (output and errors then arrive together in `stdout`).
     #[serde(default)]
     pub tty: bool,
-    /// Kill it after this many seconds (default 60).
+    /// Kill it after this many seconds (default 60; no limit for an interactive exec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Stream the terminal instead of collecting output (needs `tty`): the connection is
+    /// upgraded to [`crate::exec_stream`] frames.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interactive: bool,
 }
 
 /// What an exec produced.

@@ -5,6 +5,7 @@
 //! - `daemon`: the host daemon's API (instances, images, networks, events).
 
 pub mod daemon;
+pub mod exec_stream;
 pub mod vm;
 
 use serde::{Deserialize, Serialize};

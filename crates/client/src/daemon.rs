@@ -1,6 +1,6 @@
 //! Client for the host daemon's API (see [`api::daemon`]).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 
 use api::daemon::{
@@ -108,6 +108,44 @@ impl DaemonClient {
     pub fn exec(&self, n: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
         let path = format!("/v1/instances/{}/exec", name(n)?);
         self.endpoint.request("POST", &path, Some(req))
+    }
+
+    /// Starts an interactive exec (`req.interactive`, `req.tty`) and returns the connection,
+    /// upgraded to [`api::exec_stream`] frames once the command runs.
+    pub fn exec_interactive(&self, n: &str, req: &ExecRequest) -> Result<UnixStream, ClientError> {
+        let path = format!("/v1/instances/{}/exec", name(n)?);
+        let sock = self.endpoint.socket();
+        let mut stream = UnixStream::connect(sock).map_err(|source| ClientError::Connect {
+            path: sock.to_path_buf(),
+            source,
+        })?;
+        let body = serde_json::to_vec(req).map_err(ClientError::Encode)?;
+        kapsel_http::write_request(&mut stream, "POST", &path, &body)?;
+        // The head byte by byte, so nothing of the frames after it is read here.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() > 16 * 1024 {
+                return Err(
+                    kapsel_http::HttpError::Malformed("response head too long".into()).into(),
+                );
+            }
+            match stream.read(&mut byte).map_err(kapsel_http::HttpError::Io)? {
+                0 => return Err(kapsel_http::HttpError::Truncated.into()),
+                _ => head.push(byte[0]),
+            }
+        }
+        if head.starts_with(b"HTTP/1.1 101 ") {
+            return Ok(stream);
+        }
+        let resp = kapsel_http::read_response(&mut std::io::Cursor::new(head).chain(&mut stream))?;
+        let message = serde_json::from_slice::<api::ErrorBody>(&resp.body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| format!("HTTP {}", resp.status));
+        Err(ClientError::Status {
+            status: resp.status,
+            message,
+        })
     }
 
     pub fn snapshots(&self, n: &str) -> Result<Vec<Snapshot>, ClientError> {

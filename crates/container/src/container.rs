@@ -10,7 +10,7 @@ use crate::state::{proc_start, OciState, Op, StateFile, Status, STATE_FORMAT};
 use sandbox::cgroup::{self, CgroupManager, Stats};
 use sandbox::namespace::Namespace;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -376,6 +376,31 @@ impl Container {
         process: &crate::config::ProcessConfig,
         stdio: Stdio,
     ) -> Result<i32, ContainerError> {
+        self.exec_inner(process, stdio, None)
+    }
+
+    /// [`Container::exec`] on a terminal: the process starts a new session with `terminal`
+    /// (a pty slave) as its controlling terminal and standard input, output and error, so
+    /// Ctrl-C, job control and a hang-up reach it as on a login.
+    pub fn exec_on_terminal(
+        &self,
+        process: &crate::config::ProcessConfig,
+        terminal: RawFd,
+    ) -> Result<i32, ContainerError> {
+        let stdio = Stdio {
+            stdin: Some(terminal),
+            stdout: Some(terminal),
+            stderr: Some(terminal),
+        };
+        self.exec_inner(process, stdio, Some(terminal))
+    }
+
+    fn exec_inner(
+        &self,
+        process: &crate::config::ProcessConfig,
+        stdio: Stdio,
+        terminal: Option<RawFd>,
+    ) -> Result<i32, ContainerError> {
         self.require(Op::Exec, "running")?;
         let pid = self.state.pid;
         let mut join = Vec::new();
@@ -402,7 +427,7 @@ impl Container {
         cfg.mounts.clear();
         cfg.devices.clear();
         let hs = Handshake::new()?;
-        let plan = init::build(
+        let mut plan = init::build(
             &cfg,
             PlanInputs {
                 rootfs: PathBuf::from("/"),
@@ -410,6 +435,8 @@ impl Container {
                 ..PlanInputs::default()
             },
         )?;
+        // Only the process steps run for an exec: setsid and TIOCSCTTY on the terminal.
+        plan.console = terminal;
         let raw: Vec<(i32, i32)> = join.iter().map(|(fd, f)| (fd.as_raw_fd(), *f)).collect();
         let cg = &self.cgroup;
         process::spawn_exec(&plan, &raw, stdio, hs, |child| Ok(cg.add_task(child)?))

@@ -24,6 +24,8 @@ pub enum Reply {
         since: i64,
         follow: bool,
     },
+    /// An interactive exec: `101`, then its frames on the connection.
+    ExecTty(crate::container::exec_tty::TtyExec),
 }
 
 fn json<T: Serialize>(status: u16, v: &T) -> Result<Reply> {
@@ -179,7 +181,13 @@ fn instance_action(d: &Daemon, name: &str, action: &str, raw: &[u8]) -> Result<R
         }
         "exec" => {
             let req: ExecRequest = body(raw)?;
-            json(200, &containers::exec(d, name, &req)?)
+            if req.interactive {
+                Ok(Reply::ExecTty(crate::container::exec_tty::start(
+                    d, name, &req,
+                )?))
+            } else {
+                json(200, &containers::exec(d, name, &req)?)
+            }
         }
         _ => Err(DaemonError::NotFound {
             kind: "action",

@@ -105,6 +105,16 @@ fn handle(d: &Daemon, mut stream: UnixStream) {
             stream_events(d, stream, since, follow);
             return;
         }
+        Ok(Reply::ExecTty(session)) => {
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {}\r\nConnection: Upgrade\r\n\r\n",
+                api::exec_stream::UPGRADE
+            );
+            // A client already gone is seen (and the command hung up) by the relay.
+            let _ = stream.write_all(head.as_bytes());
+            session.serve(d, stream);
+            return;
+        }
         Err(e) => error_response(&e),
     };
     let _ = kapsel_http::write_response(&mut stream, &response);

@@ -86,6 +86,7 @@ fn exec(d: &TestDaemon, name: &str, script: &str) -> ExecResult {
                 command: vec!["sh".into(), "-c".into(), script.into()],
                 tty: false,
                 timeout_secs: Some(30),
+                interactive: false,
             },
         )
         .unwrap_or_else(|e| panic!("exec in {name}: {e}\n{}", d.log()))
@@ -170,6 +171,7 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
                 command: vec!["sh".into(), "-c".into(), "test -t 1 && echo tty".into()],
                 tty: true,
                 timeout_secs: None,
+                interactive: false,
             },
         )
         .unwrap();
@@ -205,6 +207,7 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
                 command: vec!["true".into()],
                 tty: false,
                 timeout_secs: None,
+                interactive: false,
             },
         )
         .unwrap_err();
@@ -289,6 +292,7 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
                 command: vec!["true".into()],
                 tty: false,
                 timeout_secs: None,
+                interactive: false,
             },
         )
         .unwrap_err();
@@ -566,9 +570,31 @@ fn httpd_in_a_container_is_reachable_over_the_bridge() {
         .unwrap_or_else(|| panic!("no NIC counter for web:\n{m}"));
     assert!(sent > 0, "web sent nothing: {m}");
 
-    // A deleted container's name is gone at once.
+    // A deleted container's name goes (dnsmasq rereads its files on the SIGHUP the delete
+    // sends); the other container's stays, and so does the path to dnsmasq: the bridge keeps
+    // its address when a port goes (it would otherwise take another port's MAC, and the
+    // guests' ARP entry for the gateway would point nowhere for a while).
+    let bridge_mac = || {
+        let out = Command::new("nsenter")
+            .args(["-t", &d.daemon_pid().to_string(), "-n"])
+            .args(["ip", "-o", "link", "show", "kapsel-ct"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no bridge MAC in {text:?}"))
+            .to_string()
+    };
+    let mac_before = bridge_mac();
     c.delete("web", true).unwrap();
-    assert_eq!(vm.lookup("web"), None, "web still resolves after delete");
+    assert_eq!(bridge_mac(), mac_before, "the bridge's MAC changed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vm.lookup("web").is_some() {
+        assert!(Instant::now() < deadline, "web still resolves after delete");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(vm.lookup("cli").as_deref(), Some("10.78.0.253"));
     drop(vm);
     c.delete("cli", true).unwrap();
@@ -827,6 +853,7 @@ fn exec_many_times() {
                 command: vec!["true".into()],
                 tty: false,
                 timeout_secs: None,
+                interactive: false,
             },
         );
         if let Err(e) = r {
@@ -834,4 +861,141 @@ fn exec_many_times() {
         }
     }
     assert!(fails.is_empty(), "{} fails: {fails:?}", fails.len());
+}
+
+/// `kapsel ARGS` with `input` on its stdin (a pipe).
+fn kapsel_with_input(d: &TestDaemon, args: &[&str], input: &str) -> (i32, String, String) {
+    let mut child = Command::new(common::kapsel_bin())
+        .args(args)
+        .env("KAPSEL_SOCKET", &d.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `kapsel exec -t`: the command on a pty of the container's devpts as its controlling
+/// terminal, piped input typed on it (end of input is the terminal's end of file), output
+/// streamed back, the command's exit code as kapsel's; a client that goes away hangs the
+/// command up.
+#[test]
+fn interactive_exec_on_a_terminal() {
+    let d = TestDaemon::start();
+    import_busybox(&d);
+    launch(&d, &request("it", &["sh", "-c", IDLE], RestartPolicy::No));
+
+    let (code, out, err) = kapsel_with_input(
+        &d,
+        &["exec", "-t", "it", "--", "sh"],
+        "echo hi-$((40+2)); exit 3\n",
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("hi-42"), "{out}");
+
+    let (code, out, err) = kapsel_with_input(&d, &["exec", "-t", "it", "--", "tty"], "");
+    assert_eq!(code, 0, "{out}{err}");
+    let tty = out.trim();
+    assert!(
+        tty.strip_prefix("/dev/pts/")
+            .is_some_and(|n| n.parse::<u32>().is_ok()),
+        "{out:?}"
+    );
+    // A process group of its own with the terminal as controlling terminal: `ps`-free check
+    // through /proc: the session leader is the shell itself, and the terminal is its ctty.
+    let (code, out, err) = kapsel_with_input(
+        &d,
+        &[
+            "exec",
+            "-t",
+            "it",
+            "--",
+            "sh",
+            "-c",
+            "set -- $(cat /proc/$$/stat); [ $6 = $$ ] && [ $7 != 0 ] && echo ctty-ok",
+        ],
+        "",
+    );
+    assert_eq!((code, out.contains("ctty-ok")), (0, true), "{out}{err}");
+
+    // End of input ends `cat`, also after a last line without a newline.
+    let (code, out, err) =
+        kapsel_with_input(&d, &["exec", "-t", "it", "--", "cat"], "line-1\nline-2");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("line-1") && out.contains("line-2"), "{out:?}");
+    let (code, _, err) = kapsel_with_input(
+        &d,
+        &["exec", "-t", "it", "--", "sh", "-c", "kill -9 $$"],
+        "",
+    );
+    assert_eq!(code, 137, "{err}");
+    // Errors before the command runs are one line, with the usual exit codes.
+    let (code, _, err) = kapsel_with_input(&d, &["exec", "-t", "nope", "--", "true"], "");
+    assert_eq!((code, err.lines().count()), (6, 1), "{err}");
+    let (code, _, err) = kapsel_with_input(&d, &["exec", "-t", "it", "--", "/no/such"], "");
+    assert_ne!(code, 0, "{err}");
+
+    // The client goes away: the command gets SIGHUP and is gone.
+    let mut client = Command::new(common::kapsel_bin())
+        .args([
+            "exec",
+            "-t",
+            "it",
+            "--",
+            "sh",
+            "-c",
+            "sleep 31337; echo never",
+        ])
+        .env("KAPSEL_SOCKET", &d.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let sleeping = |d: &TestDaemon| {
+        // (the pattern does not match its own command line)
+        exec(
+            d,
+            "it",
+            "grep -l '3133[7]' /proc/[0-9]*/cmdline 2>/dev/null | wc -l",
+        )
+        .stdout
+        .trim()
+        .parse::<u32>()
+        .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleeping(&d) == 0 {
+        assert!(Instant::now() < deadline, "the exec'd sleep never started");
+        assert!(
+            client.try_wait().unwrap().is_none(),
+            "the client ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleeping(&d) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hung-up command is still running:\n{}\n{}",
+            exec(&d, "it", "ps -o pid,ppid,pgid,stat,args").stdout,
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.client().delete("it", true).unwrap();
 }

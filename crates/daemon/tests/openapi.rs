@@ -224,8 +224,9 @@ fn schemas_match_the_api_types() {
             "ExecRequest",
             keys(&ExecRequest {
                 command: vec!["true".into()],
-                tty: false,
+                tty: true,
                 timeout_secs: Some(1),
+                interactive: true,
             }),
         ),
         (

@@ -10,8 +10,10 @@
 //! - [`net`]: the veth pair into a managed network's bridge and the daemon-assigned address.
 //! - [`ops`]: exec, pause/resume (freezer), snapshots of the upper directory, live limits,
 //!   copy, clean-up of what a dead monitor left behind.
+//! - [`exec_tty`]: interactive exec, a pty relayed over the upgraded API connection.
 //! - [`image`]: container images (a root filesystem directory or tarball) in the pool.
 
+pub mod exec_tty;
 pub mod image;
 pub mod monitor;
 pub mod net;

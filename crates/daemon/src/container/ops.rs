@@ -83,7 +83,7 @@ pub fn clean_up(d: &Daemon, name: &str) {
     net::detach(&net::host_if(name));
 }
 
-fn require_running(d: &Daemon, name: &str, what: &str) -> Result<Instance> {
+pub(crate) fn require_running(d: &Daemon, name: &str, what: &str) -> Result<Instance> {
     let (inst, _) = d.db().instance(name)?;
     if inst.kind != InstanceKind::Container {
         return Err(DaemonError::BadRequest(format!(
@@ -120,7 +120,7 @@ fn collect(fd: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
 }
 
 /// Waits for our child `pid` until `deadline`, then kills it; returns its exit code.
-fn wait_child(pid: i32, deadline: Instant) -> i32 {
+pub(crate) fn wait_child(pid: i32, deadline: Instant) -> i32 {
     let mut status = 0;
     let mut killed = false;
     loop {
@@ -145,22 +145,31 @@ fn wait_child(pid: i32, deadline: Instant) -> i32 {
     }
 }
 
-/// Runs a command in a running container and returns its output and exit code.
-pub fn exec(d: &Daemon, name: &str, req: &ExecRequest) -> Result<ExecResult> {
+/// Checks an exec's command: a non-empty list of arguments without NUL.
+pub(crate) fn check_command(req: &ExecRequest) -> Result<()> {
     if req.command.is_empty() || req.command.iter().any(|a| a.contains('\0')) {
         return Err(DaemonError::BadRequest(
             "command must be a non-empty list of arguments without NUL".into(),
         ));
     }
-    let timeout = match req.timeout_secs {
-        None => EXEC_TIMEOUT,
-        Some(s) if (1..=MAX_EXEC_TIMEOUT).contains(&s) => Duration::from_secs(s),
-        Some(s) => {
-            return Err(DaemonError::BadRequest(format!(
-                "timeout_secs must be 1 to {MAX_EXEC_TIMEOUT}, not {s}"
-            )))
-        }
-    };
+    Ok(())
+}
+
+/// An exec's time limit: `timeout_secs`, 60 s when not given.
+pub(crate) fn exec_timeout(req: &ExecRequest) -> Result<Duration> {
+    match req.timeout_secs {
+        None => Ok(EXEC_TIMEOUT),
+        Some(s) if (1..=MAX_EXEC_TIMEOUT).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(s) => Err(DaemonError::BadRequest(format!(
+            "timeout_secs must be 1 to {MAX_EXEC_TIMEOUT}, not {s}"
+        ))),
+    }
+}
+
+/// Runs a command in a running container and returns its output and exit code.
+pub fn exec(d: &Daemon, name: &str, req: &ExecRequest) -> Result<ExecResult> {
+    check_command(req)?;
+    let timeout = exec_timeout(req)?;
     require_running(d, name, "exec")?;
     let c = Container::load(&d.config.container_state_root(), name)?;
     let process = ProcessConfig::new(req.command.clone());
@@ -168,13 +177,7 @@ pub fn exec(d: &Daemon, name: &str, req: &ExecRequest) -> Result<ExecResult> {
         std::fs::File::open("/dev/null").map_err(|e| DaemonError::io("open", "/dev/null", e))?;
     let (pid, out_r, err_r) = if req.tty {
         let pty = container_pty(c.pid())?;
-        let slave = pty.slave.as_raw_fd();
-        let stdio = Stdio {
-            stdin: Some(slave),
-            stdout: Some(slave),
-            stderr: Some(slave),
-        };
-        let pid = c.exec(&process, stdio)?;
+        let pid = c.exec_on_terminal(&process, pty.slave.as_raw_fd())?;
         drop(pty.slave);
         // No input: end-of-file (Ctrl-D) for a command that reads its terminal.
         // SAFETY: writing one byte from a local buffer to our pty master.
@@ -213,12 +216,12 @@ pub fn exec(d: &Daemon, name: &str, req: &ExecRequest) -> Result<ExecResult> {
 
 /// A pty from the container's own devpts (its `/dev/ptmx`), so the terminal has a name
 /// inside the container (`tty`, `ttyname`) as on the container's console.
-struct ContainerPty {
-    master: OwnedFd,
-    slave: OwnedFd,
+pub(crate) struct ContainerPty {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
 }
 
-fn container_pty(pid: i32) -> Result<ContainerPty> {
+pub(crate) fn container_pty(pid: i32) -> Result<ContainerPty> {
     let ptmx = format!("/proc/{pid}/root/dev/ptmx");
     let master = std::fs::OpenOptions::new()
         .read(true)

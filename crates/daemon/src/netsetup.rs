@@ -429,6 +429,25 @@ mod tests {
     }
 
     #[test]
+    fn names_are_hosts_files_written_whole_and_removed() {
+        let state = tempfile::tempdir().unwrap();
+        let ip = Ipv4Addr::new(10, 77, 0, 254);
+        register_name(state.path(), "lan", "web", ip).unwrap();
+        register_name(state.path(), "lan", "web", ip).unwrap();
+        let dir = names_dir(state.path(), "lan");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("web")).unwrap(),
+            "10.77.0.254 web web.kapsel\n"
+        );
+        // nothing but the record itself (no temporary file dnsmasq could read)
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        register_host(state.path(), "lan", "web", "52:54:00:00:00:01").unwrap();
+        unregister_host(state.path(), "lan", "web");
+        assert!(!dir.join("web").exists());
+        assert!(!hosts_dir(state.path(), "lan").join("web").exists());
+    }
+
+    #[test]
     fn rules_name_only_kapsel_objects() {
         let net = Network {
             name: "lan-1".into(),

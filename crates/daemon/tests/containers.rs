@@ -22,6 +22,7 @@ use api::daemon::{
     CreateInstance, CreateNetwork, ExecRequest, ExecResult, ImportImage, Instance, InstanceKind,
     InstanceStatus, InstanceUpdate, RestartPolicy,
 };
+use api::exec_stream::Frame;
 use common::{alive, running, TestDaemon};
 
 /// A first process that ends at once on SIGTERM (a shell as pid 1 ignores it).
@@ -946,6 +947,60 @@ fn interactive_exec_on_a_terminal() {
     assert_eq!((code, err.lines().count()), (6, 1), "{err}");
     let (code, _, err) = kapsel_with_input(&d, &["exec", "-t", "it", "--", "/no/such"], "");
     assert_ne!(code, 0, "{err}");
+
+    // The frames through the API: the window size reaches the terminal, output streams, the
+    // exit code ends the session.
+    let req = ExecRequest {
+        command: vec!["sh".into(), "-c".into(), "read x; stty size; exit 4".into()],
+        tty: true,
+        timeout_secs: None,
+        interactive: true,
+    };
+    let mut s = d.client().exec_interactive("it", &req).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&Frame::Resize { rows: 33, cols: 99 }.encode())
+        .unwrap();
+    s.write_all(&Frame::Stdin(b"go\n".to_vec()).encode())
+        .unwrap();
+    let mut out = Vec::new();
+    let code = loop {
+        match Frame::read(&mut s).unwrap() {
+            Some(Frame::Output(b)) => out.extend(b),
+            Some(Frame::Exit(c)) => break c,
+            other => panic!("{other:?} after {}", String::from_utf8_lossy(&out)),
+        }
+    };
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("33 99"), "{out:?}");
+    // Without tty, or with a daemon's frame from the client: refused, or hung up.
+    let no_tty = ExecRequest {
+        tty: false,
+        ..req.clone()
+    };
+    let e = d.client().exec_interactive("it", &no_tty).unwrap_err();
+    assert!(e.to_string().contains("tty"), "{e}");
+    let mut s = d
+        .client()
+        .exec_interactive(
+            "it",
+            &ExecRequest {
+                command: vec!["sleep".into(), "30".into()],
+                ..req
+            },
+        )
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&Frame::Exit(0).encode()).unwrap();
+    // The daemon hangs the command up and closes the connection, with no exit code for a
+    // client that broke the protocol.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .expect("the daemon closes the connection");
+    let mut r = rest.as_slice();
+    while let Ok(Some(f)) = Frame::read(&mut r) {
+        assert!(matches!(f, Frame::Output(_)), "{f:?}");
+    }
 
     // The client goes away: the command gets SIGHUP and is gone.
     let mut client = Command::new(common::kapsel_bin())

@@ -9,7 +9,7 @@
 //! A busybox container (`kapsel launch --container`, its image carried in as a tarball) runs
 //! `httpd` on the same network: the VM resolves it by name (NAME, NAME.kapsel), pings it and
 //! fetches its page; the container resolves and pings the VM by name; L1, the host, fetches
-//! the page through the bridge.
+//! the page through the bridge; `kapsel exec -t` runs piped input on the container's terminal.
 //!
 //! L1 runs from its initramfs, and `pivot_root` refuses a root on the initial ramfs, so no
 //! container could start there: the scenario first moves into a tmpfs root (the L1 files
@@ -198,6 +198,7 @@ step ct-resolv kapsel exec web -- cat /etc/resolv.conf
 step ct-lookup kapsel exec web -- nslookup -type=a alpha
 step ct-ping kapsel exec web -- ping -c 3 -W 5 alpha
 step ct-ping-fqdn kapsel exec web -- ping -c 1 -W 5 alpha.kapsel
+step ct-exec-t sh -c 'printf "echo in-\$((6*7)); exit 5\n" | kapsel exec -t web -- sh'
 # the host (L1): the container's name in dnsmasq, its page through the bridge
 w=$(nslookup web 10.77.0.1 | awk '/^Address/ {{a=$NF}} END {{print a}}')
 say "host-web-ip $w"
@@ -347,6 +348,18 @@ sed 's/^/DLOG: /' /tmp/daemon.log
         dout("ct-lookup")
     );
     assert_eq!(dout("host-wget"), [page]);
+    // interactive exec: typed input runs on the container's terminal, its exit code is ours
+    assert_eq!(
+        step_rc(&out, "ct-exec-t"),
+        Some(5),
+        "{:?}",
+        dout("ct-exec-t")
+    );
+    assert!(
+        dout("ct-exec-t").iter().any(|l| l.trim_end() == "in-42"),
+        "{:?}",
+        dout("ct-exec-t")
+    );
     let t = transcripts(&out, "alpha")[2];
     assert_eq!(field(t, "WEB-IP="), Some(web_ip), "alpha → web:\n{t}");
     assert_eq!(

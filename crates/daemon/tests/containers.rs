@@ -6,7 +6,9 @@
 //! bridge from another container, from the bridge's side and from a DHCP-configured stand-in
 //! for a VM on the same bridge, which the container reaches in turn, and every container
 //! named NAME and NAME.kapsel in the bridge's dnsmasq (also after dnsmasq restarts, gone on
-//! delete; the container's resolv.conf points at it) (the daemon in its own network namespace).
+//! delete; the container's resolv.conf points at it) (the daemon in its own network namespace),
+//! and interactive exec (`kapsel exec -t`) from a pipe, through raw API frames and from a real
+//! terminal (raw mode, window size, Ctrl-C).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -1053,4 +1055,121 @@ fn interactive_exec_on_a_terminal() {
         std::thread::sleep(Duration::from_millis(100));
     }
     d.client().delete("it", true).unwrap();
+}
+
+/// `kapsel exec -t` on a real terminal (a host pty whose session the client leads): raw
+/// mode, so Ctrl-C reaches the command as SIGINT through the container's terminal; the
+/// window size at the start and after a change (SIGWINCH) reaches the container's terminal;
+/// the terminal is restored when the command ends.
+#[test]
+fn interactive_exec_from_a_terminal() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let d = TestDaemon::start();
+    import_busybox(&d);
+    launch(&d, &request("term", &["sh", "-c", IDLE], RestartPolicy::No));
+    let pty = container::console::open_pty(Some((40, 120))).unwrap();
+    let slave = pty.slave.as_raw_fd();
+    let stdio = || std::process::Stdio::from(pty.slave.try_clone().unwrap());
+    let mut cmd = Command::new(common::kapsel_bin());
+    cmd.args([
+        "exec",
+        "-t",
+        "term",
+        "--",
+        "sh",
+        "-c",
+        "stty size; while read x; do stty size; done",
+    ])
+    .env("KAPSEL_SOCKET", &d.socket)
+    .stdin(stdio())
+    .stdout(stdio())
+    .stderr(stdio());
+    // SAFETY: setsid and TIOCSCTTY in the child before exec: the pty becomes its controlling
+    // terminal, so it gets SIGWINCH when the size changes.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut client = cmd.spawn().unwrap();
+    let master = pty.master.as_raw_fd();
+    // What the client wrote to its terminal within 200 ms.
+    let read_some = || {
+        let mut pfd = libc::pollfd {
+            fd: master,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut buf = [0u8; 4096];
+        // SAFETY: polling one valid pollfd, then reading into a local buffer.
+        let n = unsafe {
+            if libc::poll(&mut pfd, 1, 200) <= 0 {
+                return String::new();
+            }
+            libc::read(master, buf.as_mut_ptr().cast(), buf.len())
+        };
+        String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned()
+    };
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains("40 120") {
+        assert!(Instant::now() < deadline, "no size in {seen:?}");
+        seen.push_str(&read_some());
+    }
+    // SAFETY: tcgetattr into a local termios on our pty's slave.
+    let lflag = |fd| unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(fd, &mut t);
+        t.c_lflag
+    };
+    assert_eq!(
+        lflag(slave) & libc::ICANON,
+        0,
+        "the client's terminal is not raw"
+    );
+    let ws = libc::winsize {
+        ws_row: 50,
+        ws_col: 140,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a local winsize; the kernel signals the client's group.
+    unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) };
+    // The new size travels as its own frame; ask again until it has arrived.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains("50 140") {
+        assert!(
+            Instant::now() < deadline,
+            "new size never arrived: {seen:?}"
+        );
+        // SAFETY: writing one byte from a static buffer to our pty master.
+        unsafe { libc::write(master, b"\r".as_ptr().cast(), 1) };
+        seen.push_str(&read_some());
+    }
+    // Ctrl-C: a raw client passes it on, the container's terminal makes it SIGINT.
+    // SAFETY: as above.
+    unsafe { libc::write(master, b"\x03".as_ptr().cast(), 1) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = client.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Ctrl-C did not end the command: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{seen:?}");
+    assert_ne!(
+        lflag(slave) & libc::ICANON,
+        0,
+        "the client left its terminal raw"
+    );
+    d.client().delete("term", true).unwrap();
 }

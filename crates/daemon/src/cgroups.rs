@@ -4,7 +4,10 @@
 use api::daemon::InstanceConfig;
 use sandbox::cgroup::{self, CgroupManager, Hierarchies, Resources, Stats};
 
-use crate::error::Result;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::error::{DaemonError, Result};
 
 /// Extra memory the VMM process may use beyond guest RAM (its own heap, threads, tables).
 pub const VMM_OVERHEAD_MIB: u64 = 128;
@@ -54,15 +57,28 @@ impl Cgroups {
         )?))
     }
 
-    /// Creates the group, writes its limits and moves `pid` into it.
-    pub fn attach(&self, name: &str, config: &InstanceConfig, pid: i32) -> Result<()> {
+    /// Creates the group and writes its limits, before the guest's process exists; returns
+    /// the files the new process writes `0` into to join the group before `exec`
+    /// ([`join_before_exec`]), so the VMM's threads and the kernel workers KVM starts for
+    /// its VM are all accounted and limited there from the first instruction.
+    pub fn prepare(&self, name: &str, config: &InstanceConfig) -> Result<Vec<CString>> {
         let Some(m) = self.manager(name)? else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         m.create()?;
         m.apply(&resources(config, self.host_cpus))?;
-        m.add_task(pid)?;
-        Ok(())
+        m.procs_files()
+            .into_iter()
+            .map(|p| {
+                CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+                    DaemonError::io(
+                        "open",
+                        &p,
+                        std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Rewrites the limits of a running guest's group.
@@ -103,6 +119,29 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// Moves the calling process into the groups whose `cgroup.procs` files are `files` (from
+/// [`Cgroups::prepare`]). Only raw system calls on memory made before `fork`, so it is safe
+/// in a `pre_exec` hook.
+pub fn join_before_exec(files: &[CString]) -> std::io::Result<()> {
+    for f in files {
+        // SAFETY: `f` is a NUL-terminated path that outlives the call; open, write and close
+        // are async-signal-safe and the buffer is a static byte string.
+        unsafe {
+            let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if n != 1 {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The cgroup limits for a configuration. Unset values write the defaults, so clearing a

@@ -196,13 +196,22 @@ pub fn start_from(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // A VMM joins its group before exec, so its threads and KVM's workers for its VM start
+    // there; a container's monitor stays out of the instance's group, which holds the
+    // container's processes (the container crate creates and fills it).
+    let join = if container {
+        Vec::new()
+    } else {
+        d.cgroups.prepare(name, &inst.config)?
+    };
+    // SAFETY: setsid and join_before_exec only make async-signal-safe system calls on memory
+    // prepared before fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(())
+            crate::cgroups::join_before_exec(&join)
         });
     }
     let child = cmd.spawn().map_err(DaemonError::Spawn)?;
@@ -211,11 +220,6 @@ pub fn start_from(
     let started = Instant::now();
 
     let setup = (|| -> Result<Proc> {
-        // A container's monitor stays out of the instance's group, which holds the
-        // container's processes (the container crate creates and fills it).
-        if !container {
-            d.cgroups.attach(name, &inst.config, pid)?;
-        }
         let start_time = process::start_time(pid).unwrap_or(0);
         let pidfd = process::pidfd_open(pid).map_err(DaemonError::Spawn)?;
         Ok(Proc {

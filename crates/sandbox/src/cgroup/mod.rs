@@ -82,6 +82,10 @@ pub trait CgroupManager: std::fmt::Debug + Send {
     fn apply(&self, res: &Resources) -> Result<(), CgroupError>;
     /// Moves `pid` into the group.
     fn add_task(&self, pid: i32) -> Result<(), CgroupError>;
+    /// The `cgroup.procs` files a process writes `0` into to join the group itself (one per
+    /// v1 hierarchy, one for v2): lets a child join before `exec`, so everything it creates
+    /// (threads, KVM's per-VM kernel workers) starts inside the group.
+    fn procs_files(&self) -> Vec<std::path::PathBuf>;
     /// The pids in the group.
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;
     /// Freezes (`true`) or thaws (`false`) every task of the group.

@@ -187,6 +187,13 @@ impl CgroupManager for V1Manager {
         Ok(())
     }
 
+    fn procs_files(&self) -> Vec<std::path::PathBuf> {
+        self.unique_dirs()
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let dir = match self.dir("pids").or_else(|_| self.dir("memory")) {
             Ok(d) => d,

@@ -144,6 +144,10 @@ impl CgroupManager for V2Manager {
         fs::write(&self.dir(), "cgroup.procs", &pid.to_string())
     }
 
+    fn procs_files(&self) -> Vec<std::path::PathBuf> {
+        vec![self.dir().join("cgroup.procs")]
+    }
+
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         fs::pids(&self.dir())
     }

@@ -2,8 +2,9 @@
 //! v1 only, so the test bed's L1 mounts a pure cgroup2 hierarchy and runs `kapsel daemon`
 //! there with busy-looping test guests (`test=spin`). Proved in L1: each VMM is in its v2
 //! group with `cpu.max`, `cpu.weight`, `cpuset.cpus` and `memory.max` written; a 50 % cap
-//! holds at 45–55 % of one CPU and follows `kapsel config set` to 20 %; weights 300:100
-//! split a contended CPU about 3:1; the memory limit follows `config set` too.
+//! holds at 45–55 % of one CPU (median of five samples) and follows `kapsel config set` to
+//! 20 %; weights 300:100 split a contended CPU about 3:1; the memory limit follows `config set`
+//! too.
 
 use std::time::Duration;
 use test_infra::{test_guest, TestBed, TestGuestEntry};
@@ -24,6 +25,7 @@ step launch-heavy kapsel launch tg heavy --memory 64M --cmdline test=spin --cpu-
 G=/sys/fs/cgroup/kapsel/vm
 cg() { for n in "$@"; do
   echo "CG $n cpu.max=$(tr ' ' _ < $G/$n/cpu.max) cpu.weight=$(cat $G/$n/cpu.weight) cpuset=$(cat $G/$n/cpuset.cpus) memory.max=$(cat $G/$n/memory.max) procs=$(wc -l < $G/$n/cgroup.procs)"
+  for p in $(cat $G/$n/cgroup.procs); do echo "PROC $n $p ppid=$(awk '/^PPid/{print $2}' /proc/$p/status) $(tr '\0' ' ' < /proc/$p/cmdline | cut -c1-120)"; done
 done; }
 cg capped light heavy
 usage() { sed -n 's/^usage_usec //p' $G/$1/cpu.stat; }
@@ -35,10 +37,10 @@ sample() { tag=$1; shift; t0=$(now); u0=""; for n in "$@"; do u0="$u0 $(usage $n
     line="$line $n=$(awk -v a=$a -v b=$b -v t0=$t0 -v t1=$t1 'BEGIN{printf "%.3f", (b-a)/1e6/(t1-t0)}')"; k=$((k+1)); done
   echo "$line"; }
 sleep 1
-for i in 1 2 3; do sample cap50 capped light heavy; done
+for i in 1 2 3 4 5; do sample cap50 capped light heavy; done
 step set-cap kapsel config set capped cpu.cap=20
 cg capped
-for i in 1 2 3; do sample cap20 capped; done
+for i in 1 2 3 4 5; do sample cap20 capped; done
 step set-mem kapsel config set capped memory.limit=100M
 cg capped
 echo "MEM capped current=$(cat $G/capped/memory.current) max=$(cat $G/capped/memory.max)"
@@ -61,6 +63,13 @@ fn fraction(line: &str, key: &str) -> f64 {
     value(line, key)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+/// The median of the samples (`NaN` when there are none, which fails every range check).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn step_ok(out: &str, tag: &str) {
@@ -112,7 +121,26 @@ fn testbed_cgroup_v2_cap_weight_and_memory_limit() {
         value(&capped, "memory.max").as_deref(),
         Some(((64u64 + 128) << 20).to_string().as_str())
     );
-    assert_eq!(value(&capped, "procs").as_deref(), Some("1"));
+    // each group holds its VMM and the kernel workers KVM made for its VM (they join the
+    // creating process's groups: the VMM joins its group before exec, so they always do;
+    // when it was moved in after starting, whether they did was a race, and CI once lost it)
+    for n in ["capped", "light", "heavy"] {
+        // (the groups are listed three times; the same process, the same line)
+        let procs: std::collections::BTreeSet<&str> = lines_with(&out, &format!("PROC {n} "))
+            .into_iter()
+            .collect();
+        let vmms = procs
+            .iter()
+            .filter(|l| l.contains(" run --kernel "))
+            .count();
+        let workers = procs
+            .iter()
+            .filter(|l| l.split_whitespace().any(|w| w == "ppid=2"))
+            .count();
+        assert_eq!(vmms, 1, "{n}: {procs:?}");
+        assert_eq!(vmms + workers, procs.len(), "{n}: {procs:?}");
+        assert!(workers >= 1, "{n}: no KVM worker in the group: {procs:?}");
+    }
     let light = first("light");
     let heavy = first("heavy");
     assert_eq!(value(&light, "cpu.weight").as_deref(), Some("100"));
@@ -120,28 +148,22 @@ fn testbed_cgroup_v2_cap_weight_and_memory_limit() {
     assert_eq!(value(&heavy, "cpu.max").as_deref(), Some("max_100000"));
     assert_eq!(value(&heavy, "cpuset").as_deref(), Some("1"));
 
-    // 50 % cap: never above, and in 45-55 % in a sample (the nested machine is shared, which
-    // can only push a capped guest below its cap)
+    // 50 % cap: the median of five 3 s samples in 45-55 % (a single sample can be off by
+    // the nested machine's timer jitter; CI once failed on one)
     let cap50: Vec<f64> = lines_with(&out, "SAMPLE cap50")
         .iter()
         .map(|l| fraction(l, "capped"))
         .collect();
-    assert!(!cap50.is_empty(), "no samples");
-    assert!(
-        cap50.iter().all(|u| *u <= 0.55),
-        "50 % cap exceeded: {cap50:?}"
-    );
-    assert!(
-        cap50.iter().any(|u| (0.45..=0.55).contains(u)),
-        "50 % cap: used {cap50:?}"
-    );
+    let m = median(&cap50);
+    assert!((0.45..=0.55).contains(&m), "50 % cap: used {cap50:?}");
     // weights 300:100 on one contended CPU
     let ratios: Vec<f64> = lines_with(&out, "SAMPLE cap50")
         .iter()
         .map(|l| fraction(l, "heavy") / fraction(l, "light").max(1e-3))
         .collect();
+    let m = median(&ratios);
     assert!(
-        ratios.iter().any(|r| (2.4..=3.6).contains(r)),
+        (2.4..=3.6).contains(&m),
         "weights 300:100 gave ratios {ratios:?}"
     );
 
@@ -156,14 +178,8 @@ fn testbed_cgroup_v2_cap_weight_and_memory_limit() {
         .iter()
         .map(|l| fraction(l, "capped"))
         .collect();
-    assert!(
-        cap20.iter().all(|u| *u <= 0.23),
-        "20 % cap exceeded: {cap20:?}"
-    );
-    assert!(
-        cap20.iter().any(|u| (0.17..=0.23).contains(u)),
-        "20 % cap: used {cap20:?}"
-    );
+    let m = median(&cap20);
+    assert!((0.17..=0.23).contains(&m), "20 % cap: used {cap20:?}");
 
     // the memory limit changes live too, and the VMM's use is within it
     step_ok(&out, "set-mem");

@@ -70,9 +70,10 @@ fn has_cgroups() -> bool {
 
 #[test]
 fn cpu_cap_holds_and_changes_live() {
-    if !kvm_available() || !has_cgroups() {
-        return;
-    }
+    assert!(
+        kvm_available() && has_cgroups(),
+        "no cgroup hierarchy mounted"
+    );
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let d = TestDaemon::start();
     let mut r = request("capped", "spin", RestartPolicy::No);
@@ -101,9 +102,10 @@ fn cpu_cap_holds_and_changes_live() {
 
 #[test]
 fn weights_split_a_contended_cpu_in_proportion() {
-    if !kvm_available() || !has_cgroups() {
-        return;
-    }
+    assert!(
+        kvm_available() && has_cgroups(),
+        "no cgroup hierarchy mounted"
+    );
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let d = TestDaemon::start();
     let cpu = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {

@@ -41,7 +41,6 @@ fn console_until(path: &str, marker: &str) -> String {
 #[test]
 fn launch_list_console_stop_start_restart_delete() {
     if !kvm_available() {
-        eprintln!("skipped: no /dev/kvm");
         return;
     }
     let d = TestDaemon::start();

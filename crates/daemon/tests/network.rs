@@ -46,10 +46,11 @@ impl Drop for GuestNs {
 
 #[test]
 fn bridge_dhcp_dns_nat_and_guest_to_guest() {
-    if !tools_present() || unsafe_skip() {
-        eprintln!("skipped: needs dnsmasq, nft, ip, unshare, nsenter, busybox and root");
-        return;
-    }
+    // never a silent skip: scripts/setup-host.sh installs the tools, tests run as root
+    assert!(
+        tools_present() && is_root(),
+        "needs dnsmasq, nft, ip, unshare, nsenter, busybox and root (scripts/setup-host.sh)"
+    );
     let d = TestDaemon::start_with(vec!["unshare".into(), "-n".into()]);
     let ns = format!("nsenter -t {} -n", d.daemon_pid());
     let net = d
@@ -226,7 +227,7 @@ fn bridge_dhcp_dns_nat_and_guest_to_guest() {
 }
 
 /// Root is needed for namespaces.
-fn unsafe_skip() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() != 0 }
+    unsafe { libc::geteuid() == 0 }
 }

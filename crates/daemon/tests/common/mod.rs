@@ -62,8 +62,14 @@ pub fn test_guest() -> PathBuf {
         .clone()
 }
 
+/// The daemon tests run real VMMs: without /dev/kvm they fail loudly, never skip silently
+/// (`true` or a panic naming what is missing).
 pub fn kvm_available() -> bool {
-    Path::new("/dev/kvm").exists()
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: the daemon tests run real VMMs (load kvm_intel/kvm_amd)"
+    );
+    true
 }
 
 pub struct TestDaemon {

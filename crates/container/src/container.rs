@@ -12,6 +12,7 @@ use sandbox::namespace::Namespace;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -437,9 +438,22 @@ impl Container {
         )?;
         // Only the process steps run for an exec: setsid and TIOCSCTTY on the terminal.
         plan.console = terminal;
+        // The container's root as its first process has it. Joining a mount namespace puts a
+        // process at whatever is mounted on top of the namespace's root: the container's
+        // root only if the runtime's own root was that top mount. A runtime in a chroot
+        // would start the process in the host's `/`; so the process enters this directory
+        // itself once it has joined.
+        let root_path = format!("/proc/{pid}/root");
+        let root = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&root_path)
+            .map_err(ContainerError::io(format!("open {root_path}")))?;
         let raw: Vec<(i32, i32)> = join.iter().map(|(fd, f)| (fd.as_raw_fd(), *f)).collect();
         let cg = &self.cgroup;
-        process::spawn_exec(&plan, &raw, stdio, hs, |child| Ok(cg.add_task(child)?))
+        process::spawn_exec(&plan, &raw, root.as_raw_fd(), stdio, hs, |child| {
+            Ok(cg.add_task(child)?)
+        })
     }
 
     /// Freezes every process (cgroup freezer).

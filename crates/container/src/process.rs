@@ -161,12 +161,14 @@ fn child(plan: &InitPlan, sys: &LinuxSyscall, stdio: Stdio, hs: &Handshake) -> !
 }
 
 /// Starts a process inside a running container: a first child joins the namespaces in
-/// `join` (fd, CLONE_NEW* flag; the mount namespace last), then clones the real process with
-/// `CLONE_PARENT` so it is our child and, having been created after `setns(pid)`, lives in
-/// the container's pid namespace. Returns its pid once it has `execve`d.
+/// `join` (fd, CLONE_NEW* flag; the mount namespace last) and makes `root` (a directory fd:
+/// the container's root) its root, then clones the real process with `CLONE_PARENT` so it is
+/// our child and, having been created after `setns(pid)`, lives in the container's pid
+/// namespace. Returns its pid once it has `execve`d.
 pub fn spawn_exec(
     plan: &InitPlan,
     join: &[(RawFd, i32)],
+    root: RawFd,
     stdio: Stdio,
     hs: Handshake,
     setup: impl FnOnce(i32) -> Result<(), ContainerError>,
@@ -187,7 +189,7 @@ pub fn spawn_exec(
         return Err(ContainerError::last_os("clone"));
     }
     if pid == 0 {
-        exec_child(plan, join, &sys, stdio, &hs);
+        exec_child(plan, join, root, &sys, stdio, &hs);
     }
     let pid = pid as i32;
     let Handshake {
@@ -252,6 +254,7 @@ pub fn spawn_exec(
 fn exec_child(
     plan: &InitPlan,
     join: &[(RawFd, i32)],
+    root: RawFd,
     sys: &LinuxSyscall,
     stdio: Stdio,
     hs: &Handshake,
@@ -287,6 +290,18 @@ fn exec_child(
             // SAFETY: _exit is always safe.
             unsafe { libc::_exit(1) };
         }
+    }
+    // Into the container's root (reported as one more setns step when it fails).
+    // SAFETY: fchdir to a directory fd we hold and chroot to the cwd: plain syscalls.
+    if unsafe { libc::fchdir(root) } < 0 || unsafe { libc::chroot(c".".as_ptr()) } < 0 {
+        let f = Failure {
+            step: init::Step::Setns,
+            index: join.len() as u32,
+            errno: sandbox::syscall::Errno::last(),
+        };
+        let _ = write_all(plan.status_fd, &f.encode());
+        // SAFETY: _exit is always safe.
+        unsafe { libc::_exit(1) };
     }
     // The new process waits on `hold` until our `P` record is written: the parent reads
     // `P` (the pid) first and the process's own `R` or failure after it, never the other

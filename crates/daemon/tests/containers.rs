@@ -8,7 +8,7 @@
 //! named NAME and NAME.kapsel in the bridge's dnsmasq (also after dnsmasq restarts, gone on
 //! delete; the container's resolv.conf points at it) (the daemon in its own network namespace),
 //! and interactive exec (`kapsel exec -t`) from a pipe, through raw API frames and from a real
-//! terminal (raw mode, window size, Ctrl-C).
+//! terminal (raw mode, window size, Ctrl-C); exec from a daemon running in a chroot.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -1172,4 +1172,37 @@ fn interactive_exec_from_a_terminal() {
         "the client left its terminal raw"
     );
     d.client().delete("term", true).unwrap();
+}
+
+/// A daemon in a chroot (here: a recursive bind of `/`, in a private mount namespace that
+/// goes with it): `exec` must still run in the container's root. Joining the container's
+/// mount namespace alone started the process in the host's `/`, whose files it then saw.
+#[test]
+fn exec_from_a_daemon_in_a_chroot_runs_in_the_container() {
+    let root = tempfile::Builder::new()
+        .prefix("kchroot")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let script = format!(
+        "mount --rbind / {r} && exec chroot {r} \"$@\"",
+        r = root.path().display()
+    );
+    let d = TestDaemon::start_with(
+        ["unshare", "-m", "sh", "-c", &script, "sh"]
+            .map(String::from)
+            .to_vec(),
+    );
+    import_busybox(&d);
+    launch(&d, &request("cr", &["sh", "-c", IDLE], RestartPolicy::No));
+    let r = exec(&d, "cr", "cat /etc/issue; ls /");
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with("kapsel busybox rootfs\n") && !r.stdout.contains("home"),
+        "{r:?}"
+    );
+    let (code, out, err) =
+        kapsel_with_input(&d, &["exec", "-t", "cr", "--", "cat", "/etc/issue"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("kapsel busybox rootfs"), "{out:?}");
+    d.client().delete("cr", true).unwrap();
 }

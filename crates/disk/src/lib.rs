@@ -6,6 +6,8 @@
 //!   read-only backing files (raw or qcow2) in a bounded chain.
 //! - [`create`]: makes new images (`kapsel disk create`, the daemon's overlays).
 //! - [`info`]: describes an image and its backing chain (`kapsel disk info`).
+//! - [`fold_backing`]: folds a qcow2 backing layer into the image above it, so chains
+//!   shrink (the daemon's snapshot layers).
 //!
 //! The format is always said, never guessed from the content for a guest's disk: a raw
 //! disk's guest can write a qcow2 header into its own disk, and a guessing host would then
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use create::{create, CreateOptions};
 pub use info::{info_chain, ImageInfo};
+pub use qcow2::{fold_backing, FoldOutcome};
 
 /// Longest backing chain followed (the image itself included); deeper chains, and loops,
 /// are refused.

@@ -225,3 +225,85 @@ fn kapsel_reads_and_rewrites_compressed_and_version_2_images() {
     }
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// A layer folded into its overlay: qemu-img made both (v3 with QEMU's extensions, and v2),
+/// QEMU and kapsel wrote into them; afterwards `qemu-img check` is clean, the overlay backs
+/// onto the layer's own backing file, and it reads exactly as it did before.
+#[test]
+fn a_folded_layer_leaves_an_identical_clean_image() {
+    for compat in ["1.1", "0.10"] {
+        let d = tmpdir(&format!("fold-{compat}"));
+        let a = d.join("a.raw");
+        std::fs::write(&a, pattern(8 << 20, 0x3c)).unwrap();
+        let b = d.join("b.qcow2");
+        let c = d.join("c.qcow2");
+        let opts = format!("compat={compat}");
+        ok(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                &opts,
+                "-b",
+                "a.raw",
+                "-F",
+                "raw",
+                p(&b),
+            ],
+        );
+        ok("qemu-io", &["-c", "write -P 0x61 0 200k", p(&b)]);
+        ok("qemu-io", &["-c", "write -z 1M 256k", p(&b)]);
+        {
+            let img = disk::open(&b, Format::Qcow2, false).unwrap();
+            img.write_at(&pattern(300_000, 9), 3 << 20).unwrap();
+        }
+        ok(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                &opts,
+                "-b",
+                "b.qcow2",
+                "-F",
+                "qcow2",
+                p(&c),
+            ],
+        );
+        ok("qemu-io", &["-c", "write -P 0x62 64k 64k", p(&c)]);
+        {
+            let img = disk::open(&c, Format::Qcow2, false).unwrap();
+            img.write_at(&[0xee; 4096], 5 << 20).unwrap();
+        }
+        let flat = d.join("flat.raw");
+        ok("qemu-img", &["convert", "-O", "raw", p(&c), p(&flat)]);
+        let want = std::fs::read(&flat).unwrap();
+
+        let out = disk::fold_backing(&c).unwrap();
+        assert_eq!(out.backing, Some(("a.raw".to_string(), Format::Raw)));
+        std::fs::remove_file(&b).unwrap();
+        assert_clean(&c);
+        let info = ok("qemu-img", &["info", p(&c)]);
+        assert!(info.contains("backing file: a.raw"), "{info}");
+        assert!(info.contains(&format!("compat: {compat}")), "{info}");
+        let text = ok(
+            "qemu-img",
+            &["compare", "-f", "qcow2", "-F", "raw", p(&c), p(&flat)],
+        );
+        assert!(text.contains("Images are identical"), "{text}");
+        let img = disk::open(&c, Format::Qcow2, true).unwrap();
+        let mut got = vec![0u8; want.len()];
+        img.read_at(&mut got, 0).unwrap();
+        assert!(
+            got == want,
+            "kapsel reads the folded image as before ({compat})"
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

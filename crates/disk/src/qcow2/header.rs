@@ -206,6 +206,77 @@ impl Header {
     }
 }
 
+/// The header bytes of an image whose first cluster is `first`, changed to back onto
+/// `backing` (name, format name) or onto nothing. Every field and every other header
+/// extension stays; the result is zero-padded to cover the old header's bytes, so it can
+/// replace them in one write at offset 0.
+pub fn with_backing(first: &[u8], backing: Option<(&str, &str)>) -> Result<Vec<u8>, String> {
+    let h = Header::parse(first)?;
+    let cluster_size = 1usize << h.cluster_bits;
+    let limit = first.len().min(cluster_size);
+    if let Some((name, _)) = backing {
+        if name.is_empty() || name.len() > 1023 || name.contains('\0') {
+            return Err(format!(
+                "backing file name '{name}' is empty, too long or has NUL"
+            ));
+        }
+    }
+    // The extensions but the backing format, and where the old header's bytes end.
+    let mut exts: Vec<(u32, &[u8])> = Vec::new();
+    let mut pos = h.header_length as usize;
+    while pos + 8 <= limit {
+        let typ = be32(first, pos);
+        let len = be32(first, pos + 4) as usize;
+        pos += 8;
+        if typ == EXT_END {
+            break;
+        }
+        // Checked by parse: the extension lies inside the first cluster.
+        if typ != EXT_BACKING_FORMAT {
+            exts.push((typ, &first[pos..pos + len]));
+        }
+        pos += len.div_ceil(8) * 8;
+    }
+    let mut old_end = pos.min(limit);
+    if h.backing_file_offset != 0 {
+        old_end = old_end.max(h.backing_file_offset as usize + h.backing_file_size as usize);
+    }
+
+    let mut b = first[..h.header_length as usize].to_vec();
+    let push_ext = |b: &mut Vec<u8>, typ: u32, data: &[u8]| {
+        b.extend_from_slice(&typ.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        b.resize(b.len().div_ceil(8) * 8, 0);
+    };
+    if let Some((_, format)) = backing {
+        push_ext(&mut b, EXT_BACKING_FORMAT, format.as_bytes());
+    }
+    for (typ, data) in exts {
+        push_ext(&mut b, typ, data);
+    }
+    b.extend_from_slice(&[0u8; 8]); // end of extensions
+    let (name_off, name_len) = match backing {
+        Some((name, _)) => {
+            let off = b.len();
+            b.extend_from_slice(name.as_bytes());
+            (off as u64, name.len() as u32)
+        }
+        None => (0, 0),
+    };
+    b[8..16].copy_from_slice(&name_off.to_be_bytes());
+    b[16..20].copy_from_slice(&name_len.to_be_bytes());
+    if b.len() > limit {
+        return Err(format!(
+            "the header with backing file name does not fit the {cluster_size}-byte header cluster"
+        ));
+    }
+    if b.len() < old_end {
+        b.resize(old_end, 0);
+    }
+    Ok(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +315,48 @@ mod tests {
         p.backing_file_offset = 0;
         p.backing_file_size = 0;
         assert_eq!(p, h);
+    }
+
+    #[test]
+    fn backing_is_replaced_keeping_other_extensions() {
+        let mut first = sample().to_bytes();
+        // an unknown extension after the backing format one: splice it in before the end
+        let end = first.len() - "base.raw".len() - 8;
+        let mut ext = 0x1234_5678u32.to_be_bytes().to_vec();
+        ext.extend_from_slice(&3u32.to_be_bytes());
+        ext.extend_from_slice(&[1, 2, 3, 0, 0, 0, 0, 0]);
+        first.splice(end..end, ext.clone());
+        let name_off = first.len() - "base.raw".len();
+        first[8..16].copy_from_slice(&(name_off as u64).to_be_bytes());
+        first.resize(4096, 0);
+        assert_eq!(
+            Header::parse(&first).unwrap().backing_file.as_deref(),
+            Some("base.raw")
+        );
+
+        let b = with_backing(&first, Some(("/pool/a-much-longer-name.qcow2", "qcow2"))).unwrap();
+        let mut img = first.clone();
+        img[..b.len()].copy_from_slice(&b);
+        let h = Header::parse(&img).unwrap();
+        assert_eq!(
+            h.backing_file.as_deref(),
+            Some("/pool/a-much-longer-name.qcow2")
+        );
+        assert_eq!(h.backing_format.as_deref(), Some("qcow2"));
+        assert_eq!((h.size, h.l1_table_offset), (1 << 30, 3 << 16));
+        assert!(img.windows(ext.len()).any(|w| w == ext.as_slice()), "kept");
+
+        // none: no name, no format, the old bytes cleared
+        let b = with_backing(&img, None).unwrap();
+        let mut img2 = img.clone();
+        img2[..b.len()].copy_from_slice(&b);
+        let h = Header::parse(&img2).unwrap();
+        assert_eq!((h.backing_file, h.backing_format), (None, None));
+        assert!(!img2.windows(4).any(|w| w == b"pool"), "old name cleared");
+        assert!(img2.windows(ext.len()).any(|w| w == ext.as_slice()));
+        assert!(with_backing(&img2, Some(("", "raw"))).is_err());
+        assert!(with_backing(&img2[..4096], Some((&"x".repeat(1023), "raw"))).is_ok());
+        assert!(with_backing(&img2[..512], Some((&"x".repeat(1000), "raw"))).is_err());
     }
 
     #[test]

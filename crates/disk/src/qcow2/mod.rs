@@ -19,9 +19,13 @@
 //!
 //! - [`header`]: the header and its extensions.
 //! - [`metadata`]: tables, refcounts, allocation and the ordered flush.
+//! - [`fold`]: folding a backing layer into its overlay ([`fold_backing`]).
 
+mod fold;
 pub mod header;
 mod metadata;
+
+pub use fold::{fold_backing, FoldOutcome};
 
 use std::fs::File;
 use std::io;

@@ -270,3 +270,105 @@ fn corrupted_images_fail_cleanly() {
     }
     std::fs::remove_dir_all(d).unwrap();
 }
+
+fn whole(img: &dyn DiskImage) -> Vec<u8> {
+    let mut b = vec![0u8; img.size() as usize];
+    img.read_at(&mut b, 0).unwrap();
+    b
+}
+
+/// raw A (4 MiB) ← B (qcow2, 2 MiB, 64 KiB clusters) ← C (qcow2, 3 MiB, 4 KiB clusters):
+/// B shorter than A (past B's end C reads zeros, not A) and cluster sizes that differ.
+fn three_layers(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let a = d.join("a.raw");
+    std::fs::write(&a, pattern(4 << 20, 0x11)).unwrap();
+    let b = d.join("b.qcow2");
+    qcow2(&b, 2 << 20, 16, Some(("a.raw", Format::Raw)));
+    {
+        let img = Qcow2Image::open(&b, false).unwrap();
+        img.write_at(&pattern(100_000, 0x22), 30_000).unwrap();
+        img.write_zeroes(512 << 10, 128 << 10, false).unwrap(); // zero clusters
+        img.write_at(&[7u8; 512], (2 << 20) - 512).unwrap();
+    }
+    let c = d.join("c.qcow2");
+    qcow2(&c, 3 << 20, 12, Some(("b.qcow2", Format::Qcow2)));
+    {
+        let img = Qcow2Image::open(&c, false).unwrap();
+        img.write_at(&pattern(5000, 0x33), 40_000).unwrap(); // over B's data
+        img.write_at(&pattern(4096, 0x44), 1 << 20).unwrap(); // over A only
+        img.write_at(&[9u8; 4096], (3 << 20) - 4096).unwrap(); // past B's end
+    }
+    (a, b, c)
+}
+
+#[test]
+fn folding_a_layer_keeps_the_view_and_shortens_the_chain() {
+    let d = tmpdir("fold");
+    let (a, b, c) = three_layers(&d);
+    let before = whole(&Qcow2Image::open(&c, true).unwrap());
+    let b_bytes = std::fs::read(&b).unwrap();
+    // A reader of C (as a VMM whose chain runs through C) open across the fold.
+    let reader = Qcow2Image::open(&c, true).unwrap();
+    assert_eq!(whole(&reader), before);
+
+    let out = fold_backing(&c).unwrap();
+    assert_eq!(out.folded, b);
+    assert_eq!(out.backing, Some(("a.raw".to_string(), Format::Raw)));
+    assert!(out.copied > 0 && out.zeroed > 0, "{out:?}");
+    assert_eq!(std::fs::read(&b).unwrap(), b_bytes, "B is only read");
+    let chain = crate::info_chain(&c, Some(Format::Qcow2)).unwrap();
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[1].path, a);
+    std::fs::remove_file(&b).unwrap();
+    assert_eq!(whole(&Qcow2Image::open(&c, true).unwrap()), before);
+    assert_eq!(whole(&reader), before, "the old reader's view is unchanged");
+
+    // Nothing left to fold into a raw backing, and an image without backing refuses.
+    assert!(matches!(fold_backing(&c), Err(DiskError::BadRequest(_))));
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn a_fold_cut_short_before_the_header_switch_reads_the_same_and_finishes() {
+    let d = tmpdir("fold-crash");
+    let (_, b, c) = three_layers(&d);
+    let before = whole(&Qcow2Image::open(&c, true).unwrap());
+    {
+        // The crash: clusters copied and durable, the header still names B.
+        let top = Qcow2Image::open(&c, false).unwrap();
+        let base = Qcow2Image::open(&b, true).unwrap();
+        fold::copy_decided_clusters(&top, &base).unwrap();
+        top.flush().unwrap();
+    }
+    let chain = crate::info_chain(&c, Some(Format::Qcow2)).unwrap();
+    assert_eq!(chain[1].path, b);
+    assert_eq!(whole(&Qcow2Image::open(&c, true).unwrap()), before);
+    // Folding again finishes with nothing more to copy.
+    let out = fold_backing(&c).unwrap();
+    assert_eq!((out.copied, out.zeroed), (0, 0), "{out:?}");
+    assert_eq!(whole(&Qcow2Image::open(&c, true).unwrap()), before);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn folding_the_last_layer_leaves_no_backing() {
+    let d = tmpdir("fold-last");
+    let b = d.join("b.qcow2");
+    qcow2(&b, 1 << 20, 16, None);
+    {
+        let img = Qcow2Image::open(&b, false).unwrap();
+        img.write_at(&pattern(70_000, 5), 1000).unwrap();
+    }
+    let sub = d.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let c = sub.join("c.qcow2");
+    qcow2(&c, 1 << 20, 16, Some(("../b.qcow2", Format::Qcow2)));
+    let before = whole(&Qcow2Image::open(&c, true).unwrap());
+    let out = fold_backing(&c).unwrap();
+    assert_eq!(out.backing, None);
+    std::fs::remove_file(&b).unwrap();
+    let h = read_header(&c).unwrap();
+    assert_eq!((h.backing_file, h.backing_format), (None, None));
+    assert_eq!(whole(&Qcow2Image::open(&c, true).unwrap()), before);
+    std::fs::remove_dir_all(d).unwrap();
+}

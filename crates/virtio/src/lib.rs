@@ -20,6 +20,7 @@ pub mod rng;
 pub(crate) mod test_util;
 pub mod vsock;
 pub mod worker;
+pub mod worker_slot;
 
 pub use device::{
     ActivateError, DeviceState, Interrupt, InterruptKind, QueueHandle, QueueProgress, StateError,

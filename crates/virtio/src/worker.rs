@@ -6,6 +6,10 @@
 //! on every event and gives it back from [`Worker::stop`], which is how a device pauses for a
 //! snapshot. The handler returns before the worker looks for the next event, so once the
 //! thread has stopped, nothing it started is still in flight.
+//!
+//! A device whose worker waits on its own epoll set (sockets that come and go, edge-triggered
+//! descriptors) runs its own loop on a [`LoopThread`] instead, which stops and hands it back
+//! the same way.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
@@ -137,6 +141,68 @@ impl<S> Drop for Worker<S> {
     }
 }
 
+/// A worker that serves its device in a loop of its own until `stop` is readable, and can run
+/// again afterwards.
+pub trait DeviceLoop: Send + 'static {
+    fn run(&mut self, stop: &EventFd) -> std::io::Result<()>;
+}
+
+/// A thread running a [`DeviceLoop`]; dropping it (or [`LoopThread::stop`]) stops and joins
+/// it.
+pub struct LoopThread<W> {
+    name: String,
+    stop: EventFd,
+    handle: Option<JoinHandle<W>>,
+}
+
+impl<W: DeviceLoop> LoopThread<W> {
+    /// Spawns thread `name` running `worker`; a loop that fails is logged and ends the thread
+    /// (the worker is still handed back by [`LoopThread::stop`]).
+    pub fn spawn(name: String, mut worker: W) -> std::io::Result<Self> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let stop_clone = stop.try_clone()?;
+        let thread_name = name.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                if let Err(e) = worker.run(&stop_clone) {
+                    tracing::error!(worker = %thread_name, error = %e, "device worker stopped");
+                }
+                worker
+            })?;
+        Ok(LoopThread {
+            name,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the thread, waits for it and returns its worker (`None` if the thread panicked).
+    pub fn stop(mut self) -> Option<W> {
+        self.shutdown()
+    }
+}
+
+impl<W> LoopThread<W> {
+    fn shutdown(&mut self) -> Option<W> {
+        let handle = self.handle.take()?;
+        let _ = self.stop.write(1);
+        match handle.join() {
+            Ok(worker) => Some(worker),
+            Err(_) => {
+                tracing::error!(worker = %self.name, "device worker panicked");
+                None
+            }
+        }
+    }
+}
+
+impl<W> Drop for LoopThread<W> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +248,30 @@ mod tests {
         kick.write(1).unwrap();
         assert_eq!(rx.recv_timeout(t), Ok(2));
         assert_eq!(w.stop(), Some(2));
+    }
+
+    struct Counting(u32);
+    impl DeviceLoop for Counting {
+        fn run(&mut self, stop: &EventFd) -> std::io::Result<()> {
+            self.0 += 1;
+            let epoll = Epoll::new()?;
+            epoll.ctl(
+                ControlOperation::Add,
+                stop.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )?;
+            let mut events = [EpollEvent::default()];
+            while epoll.wait(-1, &mut events)? == 0 {}
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_loop_thread_hands_its_worker_back_and_runs_it_again() {
+        let t = LoopThread::spawn("t".into(), Counting(0)).unwrap();
+        let w = t.stop().unwrap();
+        assert_eq!(w.0, 1);
+        let t = LoopThread::spawn("t".into(), w).unwrap();
+        assert_eq!(t.stop().unwrap().0, 2);
     }
 }

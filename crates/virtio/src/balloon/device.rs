@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{ActivateError, DeviceState, Interrupt, QueueHandle, StateError, VirtioDevice};
 use crate::worker::{Worker, WorkerEvent};
+use crate::worker_slot::WorkerSlot;
 
 use super::control::BalloonControl;
 use super::queues::{QueueRole, Queues};
@@ -43,9 +44,7 @@ pub struct Balloon {
     queue_sizes: Vec<u16>,
     acked: u64,
     control: BalloonControl,
-    worker: Option<Worker<Running>>,
-    /// What a worker paused for a snapshot owned.
-    paused: Option<Running>,
+    worker: WorkerSlot<Worker<Running>>,
     /// The statistics buffer a restored device holds (from the snapshot).
     restored_stats_head: Option<u16>,
 }
@@ -69,40 +68,34 @@ impl Balloon {
             queue_sizes: vec![QUEUE_SIZE; queues],
             acked: 0,
             control,
-            worker: None,
-            paused: None,
+            worker: WorkerSlot::default(),
             restored_stats_head: None,
         }
     }
+}
 
-    fn start(&mut self, r: Running) -> Result<(), ActivateError> {
-        let kicks = r
-            .kicks
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ActivateError::Worker)?;
-        let extra = r.timer.iter().map(AsRawFd::as_raw_fd).collect();
-        let worker = Worker::spawn_with(
-            format!("{}-balloon", self.id),
-            kicks,
-            extra,
-            r,
-            |r, ev| match ev {
-                WorkerEvent::Kick(i) => r.queues.kick(i),
-                WorkerEvent::Fd(_) => {
-                    if let Some(t) = r.timer.as_mut() {
-                        let _ = t.wait();
-                    }
-                    r.queues.request_stats();
-                }
-            },
-        )
+/// Serves the queues of `r` on a new worker thread.
+fn spawn(id: &str, r: Running) -> Result<Worker<Running>, ActivateError> {
+    let kicks = r
+        .kicks
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
-    }
+    let extra = r.timer.iter().map(AsRawFd::as_raw_fd).collect();
+    Worker::spawn_with(format!("{id}-balloon"), kicks, extra, r, |r, ev| match ev {
+        WorkerEvent::Kick(i) => r.queues.kick(i),
+        WorkerEvent::Fd(_) => {
+            if let Some(t) = r.timer.as_mut() {
+                let _ = t.wait();
+            }
+            r.queues.request_stats();
+        }
+    })
+    .map_err(ActivateError::Worker)
+}
 
+impl Balloon {
     /// The role of each queue index under the negotiated features: queues exist only for
     /// negotiated features and are numbered without gaps (inflate, deflate, stats,
     /// reporting).
@@ -181,9 +174,7 @@ impl VirtioDevice for Balloon {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<QueueHandle>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        self.worker.check_idle()?;
         let roles = self.roles();
         let mut kicks = Vec::with_capacity(queues.len());
         let mut served = Vec::with_capacity(queues.len());
@@ -219,20 +210,21 @@ impl VirtioDevice for Balloon {
         };
         let mut queues = Queues::new(mem, Arc::clone(&interrupt), served, self.control.clone());
         queues.hold_stats_head(self.restored_stats_head.take());
-        self.start(Running {
-            queues,
-            kicks,
-            timer,
-        })?;
+        let worker = spawn(
+            &self.id,
+            Running {
+                queues,
+                kicks,
+                timer,
+            },
+        )?;
+        self.worker.set_running(worker);
         self.control.set_interrupt(Some(interrupt));
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(w) = self.worker.take() {
-            w.stop();
-        }
-        self.paused = None;
+        self.worker.reset();
         self.restored_stats_head = None;
         self.control.set_interrupt(None);
         self.control.set_actual(0);
@@ -244,12 +236,9 @@ impl VirtioDevice for Balloon {
     /// after it, the statistics buffer the device holds (2 bytes, if any): the driver does not
     /// send that buffer again.
     fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
-        if let Some(w) = self.worker.take() {
-            self.paused = Some(w.stop().ok_or(StateError::WorkerLost)?);
-        }
         let mut config = self.config_bytes().to_vec();
         let mut queues = Vec::new();
-        if let Some(r) = &self.paused {
+        if let Some(r) = self.worker.pause()? {
             queues = r.queues.progress();
             if let Some(head) = r.queues.stats_head() {
                 config.extend_from_slice(&head.to_le_bytes());
@@ -264,10 +253,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn resume(&mut self) -> Result<(), StateError> {
-        match self.paused.take() {
-            Some(r) => self.start(r).map_err(StateError::Resume),
-            None => Ok(()),
-        }
+        self.worker.resume(|r| spawn(&self.id, r))
     }
 
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {

@@ -14,6 +14,7 @@ use crate::device::{
     ActivateError, DeviceState, Interrupt, QueueHandle, QueueProgress, StateError, VirtioDevice,
 };
 use crate::worker::{Worker, WorkerEvent};
+use crate::worker_slot::WorkerSlot;
 
 const QUEUE_SIZE: u16 = 256;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -91,9 +92,7 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     features: u64,
     acked: u64,
-    worker: Option<Worker<Served>>,
-    /// The queue server of a worker paused for a snapshot.
-    paused: Option<Served>,
+    worker: WorkerSlot<Worker<Served>>,
     /// Where requests are admitted; a rate limiter replaces the default before activation.
     gate_factory: Box<dyn Fn() -> Box<dyn RequestGate> + Send>,
     stats: Arc<Mutex<Stats>>,
@@ -163,8 +162,7 @@ impl Block {
             serial: serial_bytes(serial),
             features,
             acked: 0,
-            worker: None,
-            paused: None,
+            worker: WorkerSlot::default(),
             gate_factory: Box::new(|| Box::new(Unlimited)),
             stats: Arc::new(Mutex::new(Stats::default())),
         })
@@ -194,17 +192,19 @@ impl Block {
         open: impl FnOnce() -> Result<Box<dyn disk::DiskImage>, disk::DiskError>,
     ) -> Result<(), ReplaceError> {
         // A worker paused for a snapshot stays paused; a running one stops for the switch.
-        let stopped = match self.worker.take() {
-            Some(w) => Some(w.stop().ok_or(ReplaceError::WorkerLost)?),
-            None => None,
-        };
+        let stopped = self
+            .worker
+            .stop_running()
+            .map(|served| served.ok_or(ReplaceError::WorkerLost))
+            .transpose()?;
         let result = self.swap_disk(open);
         let mut stopped = stopped;
-        for served in stopped.iter_mut().chain(self.paused.iter_mut()) {
+        for served in stopped.iter_mut().chain(self.worker.paused_mut()) {
             served.0.disk = Arc::clone(&self.disk);
         }
         if let Some(served) = stopped {
-            self.start(served).map_err(ReplaceError::Restart)?;
+            let worker = spawn(&self.id, &self.stats, served).map_err(ReplaceError::Restart)?;
+            self.worker.set_running(worker);
         }
         result
     }
@@ -236,28 +236,31 @@ impl Block {
     pub fn stats(&self) -> Stats {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    fn start(&mut self, served: Served) -> Result<(), ActivateError> {
-        let kick = served.2.try_clone().map_err(ActivateError::Worker)?;
-        let extra: Vec<_> = served.0.gate.wake_fd().into_iter().collect();
-        let stats = Arc::clone(&self.stats);
-        let worker = Worker::spawn_with(
-            format!("{}-blk", self.id),
-            vec![kick],
-            extra,
-            served,
-            move |(server, interrupt, _), ev| {
-                if let WorkerEvent::Fd(_) = ev {
-                    server.gate.on_wake();
-                }
-                server.serve(interrupt.as_ref());
-                *stats.lock().unwrap_or_else(PoisonError::into_inner) = server.stats;
-            },
-        )
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
-    }
+/// Serves the queue on a new worker thread that keeps `stats` up to date.
+fn spawn(
+    id: &str,
+    stats: &Arc<Mutex<Stats>>,
+    served: Served,
+) -> Result<Worker<Served>, ActivateError> {
+    let kick = served.2.try_clone().map_err(ActivateError::Worker)?;
+    let extra: Vec<_> = served.0.gate.wake_fd().into_iter().collect();
+    let stats = Arc::clone(stats);
+    Worker::spawn_with(
+        format!("{id}-blk"),
+        vec![kick],
+        extra,
+        served,
+        move |(server, interrupt, _), ev| {
+            if let WorkerEvent::Fd(_) = ev {
+                server.gate.on_wake();
+            }
+            server.serve(interrupt.as_ref());
+            *stats.lock().unwrap_or_else(PoisonError::into_inner) = server.stats;
+        },
+    )
+    .map_err(ActivateError::Worker)
 }
 
 impl VirtioDevice for Block {
@@ -293,9 +296,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<QueueHandle>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        self.worker.check_idle()?;
         let mut queues = queues;
         crate::device::check_queue_count(1, &queues)?;
         let QueueHandle { index, queue, kick } = queues.remove(0);
@@ -309,27 +310,23 @@ impl VirtioDevice for Block {
             stats: Stats::default(),
             broken: false,
         };
-        self.start((server, interrupt, kick))
+        let worker = spawn(&self.id, &self.stats, (server, interrupt, kick))?;
+        self.worker.set_running(worker);
+        Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(w) = self.worker.take() {
-            w.stop();
-        }
-        self.paused = None;
+        self.worker.reset();
         self.acked = 0;
         true
     }
 
     fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
-        if let Some(w) = self.worker.take() {
-            self.paused = Some(w.stop().ok_or(StateError::WorkerLost)?);
-        }
+        let paused = self.worker.pause()?;
         // Every completed write reaches the image file: a qcow2 image keeps metadata in this
         // process until a flush, and a VM restored from the snapshot reopens the file.
         self.disk.flush().map_err(StateError::Flush)?;
-        let queues = self
-            .paused
+        let queues = paused
             .iter()
             .map(|(s, _, _)| QueueProgress::of(s.index, &s.queue))
             .collect();
@@ -342,10 +339,8 @@ impl VirtioDevice for Block {
     }
 
     fn resume(&mut self) -> Result<(), StateError> {
-        match self.paused.take() {
-            Some(served) => self.start(served).map_err(StateError::Resume),
-            None => Ok(()),
-        }
+        self.worker
+            .resume(|served| spawn(&self.id, &self.stats, served))
     }
 
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {

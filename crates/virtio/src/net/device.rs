@@ -1,13 +1,11 @@
 //! The virtio-net device model: features, configuration space, activation and reset.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use arch::GuestMemoryMmap;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::features::*;
 use super::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
@@ -16,6 +14,8 @@ use super::{
     format_mac, random_mac, NetConfig, TapSpec, NUM_QUEUES, QUEUE_SIZE, VIRTIO_ID_NET, VNET_HDR_LEN,
 };
 use crate::rate_limiter::{RateLimit, RateLimiter, RateLimiterError};
+use crate::worker::LoopThread;
+use crate::worker_slot::WorkerSlot;
 use crate::{ActivateError, DeviceState, Interrupt, QueueHandle, StateError, VirtioDevice};
 
 /// `VIRTIO_NET_S_LINK_UP` in the config space's `status`.
@@ -31,12 +31,6 @@ pub enum NetError {
     RateLimiter(#[from] RateLimiterError),
 }
 
-struct Running {
-    stop: EventFd,
-    /// Gives the worker back when stopped.
-    thread: JoinHandle<Worker>,
-}
-
 /// One virtio-net card on a TAP.
 pub struct Net {
     io: Arc<dyn FrameIo>,
@@ -48,9 +42,7 @@ pub struct Net {
     rx_limiter: Arc<RateLimiter>,
     tx_limiter: Arc<RateLimiter>,
     counters: Arc<NetCounters>,
-    running: Option<Running>,
-    /// The worker of a card paused for a snapshot.
-    paused: Option<Worker>,
+    worker: WorkerSlot<LoopThread<Worker>>,
     /// The MAC came from the configuration (kept on restore) rather than chosen at random
     /// (the saved one is taken then, so the guest keeps its address).
     mac_given: bool,
@@ -136,8 +128,7 @@ impl Net {
             rx_limiter: Arc::new(RateLimiter::new(config.rx_limit)?),
             tx_limiter: Arc::new(RateLimiter::new(config.tx_limit)?),
             counters: Arc::new(NetCounters::default()),
-            running: None,
-            paused: None,
+            worker: WorkerSlot::default(),
             mac_given: config.mac.is_some(),
         })
     }
@@ -161,36 +152,11 @@ impl Net {
         self.rx_limiter.update(rx)?;
         self.tx_limiter.update(tx)
     }
+}
 
-    /// Stops the worker thread and returns its worker (`None` if none ran or it panicked).
-    fn stop_worker(&mut self) -> Option<Worker> {
-        let running = self.running.take()?;
-        let _ = running.stop.write(1);
-        match running.thread.join() {
-            Ok(worker) => Some(worker),
-            Err(_) => {
-                tracing::error!(tap = %self.name, "virtio-net worker panicked");
-                None
-            }
-        }
-    }
-
-    fn start(&mut self, mut worker: Worker) -> Result<(), ActivateError> {
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let stop_worker = stop.try_clone().map_err(ActivateError::Worker)?;
-        let name = self.name.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("net-{}", self.name))
-            .spawn(move || {
-                if let Err(e) = worker.run(&stop_worker) {
-                    tracing::error!(tap = %name, error = %e, "virtio-net worker stopped");
-                }
-                worker
-            })
-            .map_err(ActivateError::Worker)?;
-        self.running = Some(Running { stop, thread });
-        Ok(())
-    }
+/// Serves the card's queues on a new thread named after its TAP.
+fn spawn(name: &str, worker: Worker) -> Result<LoopThread<Worker>, ActivateError> {
+    LoopThread::spawn(format!("net-{name}"), worker).map_err(ActivateError::Worker)
 }
 
 impl VirtioDevice for Net {
@@ -225,9 +191,7 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<QueueHandle>,
     ) -> Result<(), ActivateError> {
-        if self.running.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        self.worker.check_idle()?;
         crate::device::check_queue_count(NUM_QUEUES, &queues)?;
         if let Some(tap) = &self.tap {
             tap.set_offload(tap_offloads(self.acked_features))
@@ -257,14 +221,14 @@ impl VirtioDevice for Net {
             tx_limiter: self.tx_limiter.clone(),
             counters: self.counters.clone(),
         };
-        self.start(Worker::new(parts, rx, tx))?;
+        let worker = spawn(&self.name, Worker::new(parts, rx, tx))?;
+        self.worker.set_running(worker);
         tracing::debug!(tap = %self.name, features = self.acked_features, "virtio-net activated");
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        self.stop_worker();
-        self.paused = None;
+        self.worker.reset();
         self.acked_features = 0;
         if let Some(tap) = &self.tap {
             let _ = tap.set_offload(0);
@@ -273,26 +237,21 @@ impl VirtioDevice for Net {
     }
 
     fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
-        if self.running.is_some() {
-            self.paused = Some(self.stop_worker().ok_or(StateError::WorkerLost)?);
-        }
+        let queues = self
+            .worker
+            .pause()?
+            .map(Worker::progress)
+            .unwrap_or_default();
         Ok(DeviceState {
             device_type: VIRTIO_ID_NET,
             acked_features: self.acked_features,
             config: self.config_space.to_vec(),
-            queues: self
-                .paused
-                .as_ref()
-                .map(Worker::progress)
-                .unwrap_or_default(),
+            queues,
         })
     }
 
     fn resume(&mut self) -> Result<(), StateError> {
-        match self.paused.take() {
-            Some(w) => self.start(w).map_err(StateError::Resume),
-            None => Ok(()),
-        }
+        self.worker.resume(|w| spawn(&self.name, w))
     }
 
     /// The TAP was opened anew (by the saved name or an override). A card whose MAC was
@@ -316,17 +275,12 @@ impl VirtioDevice for Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.stop_worker();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io;
     use std::os::fd::RawFd;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     struct NullIo;
     impl FrameIo for NullIo {
@@ -455,7 +409,7 @@ mod tests {
         assert_eq!(st.queues.len(), 2);
         assert_eq!(st.config[..6], [0x52, 0x54, 0, 1, 2, 3]);
         n.resume().expect("resume");
-        assert!(n.running.is_some());
+        assert!(n.worker.is_running());
 
         // A card with a random MAC takes the saved one; a configured MAC stays.
         let mut random = Net::with_io(

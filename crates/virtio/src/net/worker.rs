@@ -22,6 +22,7 @@ use super::tap::Tap;
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
 use crate::queue_fault::{pop_chain, QueueFault};
 use crate::rate_limiter::RateLimiter;
+use crate::worker::DeviceLoop;
 use crate::{Interrupt, InterruptKind, QueueHandle};
 
 pub const RX_INDEX: u16 = 0;
@@ -365,11 +366,13 @@ impl Worker {
             .map(|h| crate::QueueProgress::of(h.index, &h.queue))
             .collect()
     }
+}
 
+impl DeviceLoop for Worker {
     /// Serves the queues until `stop` is written; the worker can run again afterwards
     /// (a snapshot pauses it this way). A frame read from the TAP that found no guest
     /// buffer yet stays in the worker.
-    pub fn run(&mut self, stop: &EventFd) -> io::Result<()> {
+    fn run(&mut self, stop: &EventFd) -> io::Result<()> {
         let epoll = Epoll::new()?;
         let add = |fd: RawFd, token: u64, events: EventSet| {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))

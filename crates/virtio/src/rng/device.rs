@@ -12,6 +12,7 @@ use crate::device::{
 };
 use crate::queue_fault::{pop_chain, QueueFault};
 use crate::worker::{Worker, WorkerEvent};
+use crate::worker_slot::WorkerSlot;
 
 pub const TYPE_RNG: u32 = 4;
 const QUEUE_SIZE: u16 = 256;
@@ -22,9 +23,7 @@ const MAX_CHAIN_BYTES: usize = 64 << 10;
 pub struct Rng {
     id: String,
     acked: u64,
-    worker: Option<Worker<RngQueue>>,
-    /// The queue of a worker paused for a snapshot.
-    paused: Option<RngQueue>,
+    worker: WorkerSlot<Worker<RngQueue>>,
 }
 
 /// What the worker owns.
@@ -40,34 +39,25 @@ impl Rng {
         Rng {
             id: id.to_string(),
             acked: 0,
-            worker: None,
-            paused: None,
+            worker: WorkerSlot::default(),
         }
     }
+}
 
-    fn start(&mut self, q: RngQueue) -> Result<(), ActivateError> {
-        let kick = q.handle.kick.try_clone().map_err(ActivateError::Worker)?;
-        let worker = Worker::spawn_with(
-            format!("{}-rng", self.id),
-            vec![kick],
-            vec![],
-            q,
-            |q, ev| {
-                if q.broken || !matches!(ev, WorkerEvent::Kick(_)) {
-                    return;
-                }
-                let index = q.handle.index;
-                if let Err(fault) = serve(&q.mem, &mut q.handle.queue, index, q.interrupt.as_ref())
-                {
-                    crate::queue_fault::report("virtio-rng", index, &fault, q.interrupt.as_ref());
-                    q.broken = true;
-                }
-            },
-        )
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
-    }
+/// Serves `q` on a new worker thread.
+fn spawn(id: &str, q: RngQueue) -> Result<Worker<RngQueue>, ActivateError> {
+    let kick = q.handle.kick.try_clone().map_err(ActivateError::Worker)?;
+    Worker::spawn_with(format!("{id}-rng"), vec![kick], vec![], q, |q, ev| {
+        if q.broken || !matches!(ev, WorkerEvent::Kick(_)) {
+            return;
+        }
+        let index = q.handle.index;
+        if let Err(fault) = serve(&q.mem, &mut q.handle.queue, index, q.interrupt.as_ref()) {
+            crate::queue_fault::report("virtio-rng", index, &fault, q.interrupt.as_ref());
+            q.broken = true;
+        }
+    })
+    .map_err(ActivateError::Worker)
 }
 
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
@@ -184,38 +174,32 @@ impl VirtioDevice for Rng {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<QueueHandle>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        self.worker.check_idle()?;
         let mut queues = queues;
         crate::device::check_queue_count(1, &queues)?;
-        self.start(RngQueue {
+        let q = RngQueue {
             mem,
             interrupt,
             handle: queues.remove(0),
             broken: false,
-        })
+        };
+        self.worker.set_running(spawn(&self.id, q)?);
+        Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(w) = self.worker.take() {
-            w.stop();
-        }
-        self.paused = None;
+        self.worker.reset();
         self.acked = 0;
         true
     }
 
     fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
-        if let Some(w) = self.worker.take() {
-            self.paused = Some(w.stop().ok_or(StateError::WorkerLost)?);
-        }
+        let paused = self.worker.pause()?;
         Ok(DeviceState {
             device_type: TYPE_RNG,
             acked_features: self.acked,
             config: Vec::new(),
-            queues: self
-                .paused
+            queues: paused
                 .iter()
                 .map(|q| QueueProgress::of(q.handle.index, &q.handle.queue))
                 .collect(),
@@ -223,10 +207,7 @@ impl VirtioDevice for Rng {
     }
 
     fn resume(&mut self) -> Result<(), StateError> {
-        match self.paused.take() {
-            Some(q) => self.start(q).map_err(StateError::Resume),
-            None => Ok(()),
-        }
+        self.worker.resume(|q| spawn(&self.id, q))
     }
 
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {

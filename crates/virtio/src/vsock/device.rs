@@ -5,16 +5,16 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use arch::GuestMemoryMmap;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::Muxer;
 use super::worker::{VsockCounters, Worker, EVT_INDEX, RX_INDEX, TX_INDEX};
 use super::{VsockConfig, MIN_GUEST_CID, NUM_QUEUES, QUEUE_SIZE, VIRTIO_ID_VSOCK};
+use crate::worker::LoopThread;
+use crate::worker_slot::WorkerSlot;
 use crate::{ActivateError, DeviceState, Interrupt, QueueHandle, StateError, VirtioDevice};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +31,6 @@ pub enum VsockError {
     },
 }
 
-struct Running {
-    stop: EventFd,
-    /// Gives the worker (and its connections) back when stopped.
-    thread: JoinHandle<Worker>,
-}
-
 /// One virtio-vsock device with its host-side UNIX socket.
 pub struct Vsock {
     cid: u64,
@@ -44,9 +38,8 @@ pub struct Vsock {
     listener: Arc<UnixListener>,
     acked_features: u64,
     counters: Arc<VsockCounters>,
-    running: Option<Running>,
-    /// The worker of a device paused for a snapshot.
-    paused: Option<Worker>,
+    /// The worker (with its connections) while the device is active.
+    worker: WorkerSlot<LoopThread<Worker>>,
     /// Restored from a snapshot: the next activation tells the driver its connections are
     /// gone (transport reset).
     reset_on_activate: bool,
@@ -82,8 +75,7 @@ impl Vsock {
             listener: Arc::new(listener),
             acked_features: 0,
             counters: Arc::new(VsockCounters::default()),
-            running: None,
-            paused: None,
+            worker: WorkerSlot::default(),
             reset_on_activate: false,
         })
     }
@@ -95,35 +87,11 @@ impl Vsock {
     pub fn counters(&self) -> Arc<VsockCounters> {
         self.counters.clone()
     }
+}
 
-    /// Stops the worker thread and returns its worker (`None` if none ran or it panicked).
-    fn stop_worker(&mut self) -> Option<Worker> {
-        let r = self.running.take()?;
-        let _ = r.stop.write(1);
-        match r.thread.join() {
-            Ok(worker) => Some(worker),
-            Err(_) => {
-                tracing::error!("vsock worker panicked");
-                None
-            }
-        }
-    }
-
-    fn start(&mut self, mut worker: Worker) -> Result<(), ActivateError> {
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let stop_worker = stop.try_clone().map_err(ActivateError::Worker)?;
-        let thread = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || {
-                if let Err(e) = worker.run(&stop_worker) {
-                    tracing::error!(error = %e, "vsock worker stopped");
-                }
-                worker
-            })
-            .map_err(ActivateError::Worker)?;
-        self.running = Some(Running { stop, thread });
-        Ok(())
-    }
+/// Serves the queues and host connections on a new thread.
+fn spawn(worker: Worker) -> Result<LoopThread<Worker>, ActivateError> {
+    LoopThread::spawn("vsock".into(), worker).map_err(ActivateError::Worker)
 }
 
 impl VirtioDevice for Vsock {
@@ -158,9 +126,7 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<QueueHandle>,
     ) -> Result<(), ActivateError> {
-        if self.running.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        self.worker.check_idle()?;
         crate::device::check_queue_count(NUM_QUEUES, &queues)?;
         let (mut rx, mut tx, mut evt) = (None, None, None);
         for q in queues {
@@ -182,38 +148,33 @@ impl VirtioDevice for Vsock {
         if std::mem::take(&mut self.reset_on_activate) && !worker.send_transport_reset() {
             tracing::warn!("restored vsock: the driver left no event buffer for the reset");
         }
-        self.start(worker)
+        self.worker.set_running(spawn(worker)?);
+        Ok(())
     }
 
     fn reset(&mut self) -> bool {
         // connections die with the worker's muxer; the listener stays
-        self.stop_worker();
-        self.paused = None;
+        self.worker.reset();
         self.acked_features = 0;
         true
     }
 
     fn pause_and_save(&mut self) -> Result<DeviceState, StateError> {
-        if self.running.is_some() {
-            self.paused = Some(self.stop_worker().ok_or(StateError::WorkerLost)?);
-        }
+        let queues = self
+            .worker
+            .pause()?
+            .map(Worker::progress)
+            .unwrap_or_default();
         Ok(DeviceState {
             device_type: VIRTIO_ID_VSOCK,
             acked_features: self.acked_features,
             config: self.cid.to_le_bytes().to_vec(),
-            queues: self
-                .paused
-                .as_ref()
-                .map(Worker::progress)
-                .unwrap_or_default(),
+            queues,
         })
     }
 
     fn resume(&mut self) -> Result<(), StateError> {
-        match self.paused.take() {
-            Some(w) => self.start(w).map_err(StateError::Resume),
-            None => Ok(()),
-        }
+        self.worker.resume(spawn)
     }
 
     /// Host connections do not survive a restore: the device starts without any and, once
@@ -236,7 +197,7 @@ impl VirtioDevice for Vsock {
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        self.stop_worker();
+        self.worker.reset();
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -16,6 +16,7 @@ use super::muxer::Muxer;
 use super::packet::Hdr;
 use super::MAX_PKT_DATA;
 use crate::queue_fault::{pop_chain, QueueFault};
+use crate::worker::DeviceLoop;
 use crate::{Interrupt, InterruptKind, QueueHandle};
 
 pub const RX_INDEX: u16 = 0;
@@ -252,26 +253,6 @@ impl Worker {
         written != 0
     }
 
-    /// Serves the device until `stop` is written; the worker (and its connections) can run
-    /// again afterwards (a snapshot pauses it this way).
-    pub fn run(&mut self, stop: &EventFd) -> io::Result<()> {
-        let fixed = [
-            (stop.as_raw_fd(), TOKEN_STOP),
-            (self.rx.kick.as_raw_fd(), TOKEN_RX),
-            (self.tx.kick.as_raw_fd(), TOKEN_TX),
-            (self.evt.kick.as_raw_fd(), TOKEN_EVT),
-        ];
-        let result = self.serve(&fixed);
-        for (fd, token) in fixed {
-            let _ = self.mux.epoll().ctl(
-                ControlOperation::Delete,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            );
-        }
-        result
-    }
-
     fn serve(&mut self, fixed: &[(std::os::fd::RawFd, u64); 4]) -> io::Result<()> {
         for &(fd, token) in fixed {
             self.mux.epoll().ctl(
@@ -308,6 +289,28 @@ impl Worker {
             }
             self.process_rx();
         }
+    }
+}
+
+impl DeviceLoop for Worker {
+    /// Serves the device until `stop` is written; the worker (and its connections) can run
+    /// again afterwards (a snapshot pauses it this way).
+    fn run(&mut self, stop: &EventFd) -> io::Result<()> {
+        let fixed = [
+            (stop.as_raw_fd(), TOKEN_STOP),
+            (self.rx.kick.as_raw_fd(), TOKEN_RX),
+            (self.tx.kick.as_raw_fd(), TOKEN_TX),
+            (self.evt.kick.as_raw_fd(), TOKEN_EVT),
+        ];
+        let result = self.serve(&fixed);
+        for (fd, token) in fixed {
+            let _ = self.mux.epoll().ctl(
+                ControlOperation::Delete,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            );
+        }
+        result
     }
 }
 

@@ -615,36 +615,14 @@ mod tests {
     use super::*;
 
     fn instance(name: &str) -> Instance {
+        let config = InstanceConfig {
+            restart: RestartPolicy::OnFailure,
+            cpu_weight: Some(200),
+            ..crate::test_util::config()
+        };
         Instance {
-            name: name.into(),
-            image: "img".into(),
-            kind: Default::default(),
-            status: InstanceStatus::Stopped,
-            config: InstanceConfig {
-                cpus: 1,
-                memory_mib: 64,
-                cmdline: String::new(),
-                restart: RestartPolicy::OnFailure,
-                autostart: false,
-                cpu_weight: Some(200),
-                cpu_cap_percent: None,
-                cpuset: None,
-                memory_limit_mib: None,
-                memory_backing: String::new(),
-                disk_limits: None,
-                net_limits: None,
-                balloon_mib: None,
-                networks: Vec::new(),
-                command: Vec::new(),
-                pids_limit: None,
-            },
-            pid: None,
-            restarts: 0,
             created_at: 1,
-            last_exit: None,
-            console: None,
-            disk: None,
-            address: None,
+            ..crate::test_util::instance(name, "img", config)
         }
     }
 

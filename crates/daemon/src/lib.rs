@@ -31,6 +31,8 @@ pub mod server;
 pub mod snapshots;
 pub mod state;
 pub mod supervisor;
+#[cfg(test)]
+mod test_util;
 
 use std::sync::Arc;
 

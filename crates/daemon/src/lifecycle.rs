@@ -359,37 +359,13 @@ mod tests {
 
     #[test]
     fn args_join_cmdlines_and_name_the_console() {
-        let inst = Instance {
-            name: "a".into(),
-            image: "i".into(),
-            kind: Default::default(),
-            status: InstanceStatus::Stopped,
-            config: InstanceConfig {
-                cpus: 2,
-                memory_mib: 64,
-                cmdline: "test=idle".into(),
-                restart: RestartPolicy::No,
-                autostart: false,
-                cpu_weight: None,
-                cpu_cap_percent: None,
-                cpuset: None,
-                memory_limit_mib: None,
-                memory_backing: String::new(),
-                disk_limits: None,
-                net_limits: None,
-                balloon_mib: None,
-                networks: Vec::new(),
-                command: Vec::new(),
-                pids_limit: None,
-            },
-            pid: None,
-            restarts: 0,
-            created_at: 0,
-            last_exit: None,
-            console: None,
-            disk: None,
-            address: None,
+        let config = InstanceConfig {
+            cpus: 2,
+            cmdline: "test=idle".into(),
+            restart: RestartPolicy::No,
+            ..crate::test_util::config()
         };
+        let inst = crate::test_util::instance("a", "i", config);
         let image = Image {
             name: "i".into(),
             kind: Default::default(),

@@ -142,27 +142,7 @@ pub fn check_cpuset(set: &str, host_cpus: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config() -> InstanceConfig {
-        InstanceConfig {
-            cpus: 1,
-            memory_mib: 64,
-            cmdline: String::new(),
-            restart: Default::default(),
-            autostart: false,
-            cpu_weight: None,
-            cpu_cap_percent: None,
-            cpuset: None,
-            memory_limit_mib: None,
-            memory_backing: String::new(),
-            disk_limits: None,
-            net_limits: None,
-            balloon_mib: None,
-            networks: Vec::new(),
-            command: Vec::new(),
-            pids_limit: None,
-        }
-    }
+    use crate::test_util::config;
 
     #[test]
     fn names() {

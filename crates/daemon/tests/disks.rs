@@ -5,40 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use api::daemon::{ImportImage, InstanceStatus, RestartPolicy};
-use client::ClientError;
-use common::{kvm_available, request, running, test_guest, TestDaemon};
-use disk::Format;
-
-fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> u16 {
-    match r {
-        Err(ClientError::Status { status, .. }) => status,
-        other => panic!("expected an HTTP error, got {other:?}"),
-    }
-}
-
-fn read(path: &Path, off: u64, len: usize) -> Vec<u8> {
-    let img = disk::open(path, Format::Qcow2, true).unwrap();
-    let mut b = vec![0u8; len];
-    img.read_at(&mut b, off).unwrap();
-    b
-}
-
-fn write(path: &Path, off: u64, data: &[u8]) {
-    let img = disk::open(path, Format::Qcow2, false).unwrap();
-    img.write_at(data, off).unwrap();
-    img.flush().unwrap();
-}
-
-fn chain(path: &Path) -> Vec<PathBuf> {
-    disk::info_chain(path, Some(Format::Qcow2))
-        .unwrap()
-        .into_iter()
-        .map(|i| i.path)
-        .collect()
-}
+use api::daemon::InstanceStatus;
+use common::disks::{chain, import_disk_image, launch, read, write};
+use common::{kvm_available, running, status_of, TestDaemon};
 
 #[test]
 fn instance_disks_are_overlays_and_copies_are_linked_clones() {
@@ -48,27 +19,11 @@ fn instance_disks_are_overlays_and_copies_are_linked_clones() {
     );
     let d = TestDaemon::start();
     let c = d.client();
-    let base = d.dir.path().join("base.raw");
-    let base_data: Vec<u8> = (0..8 << 20).map(|i: u32| (i >> 9) as u8).collect();
-    std::fs::write(&base, &base_data).unwrap();
-    let image = c
-        .import_image(&ImportImage {
-            name: "dimg".into(),
-            kernel: test_guest().display().to_string(),
-            rootfs: None,
-            initrd: None,
-            disk: Some(base.display().to_string()),
-            cmdline: Some("console=ttyS0".into()),
-        })
-        .unwrap();
-    let pool_disk = PathBuf::from(image.disk.unwrap());
+    let image = import_disk_image(&d, &c);
+    let (base, base_data, pool_disk) = (image.base, image.data, image.pool);
 
     // A new instance's disk: a small overlay over the pool's image disk.
-    let mut r = request("a", "idle", RestartPolicy::No);
-    r.image = "dimg".into();
-    r.start = false;
-    let a = c.create(&r).unwrap();
-    let a_disk = PathBuf::from(a.disk.clone().unwrap());
+    let a_disk = launch(&d, &c, "a", false);
     assert!(a_disk.ends_with("root.qcow2"), "{a_disk:?}");
     assert_eq!(chain(&a_disk), vec![a_disk.clone(), pool_disk.clone()]);
     assert!(std::fs::metadata(&a_disk).unwrap().len() < 1 << 20);

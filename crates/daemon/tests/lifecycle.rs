@@ -10,14 +10,7 @@ use std::time::Duration;
 
 use api::daemon::{InstanceStatus, InstanceUpdate, RestartPolicy};
 use client::ClientError;
-use common::{alive, kvm_available, request, running, TestDaemon};
-
-fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> u16 {
-    match r {
-        Err(ClientError::Status { status, .. }) => status,
-        other => panic!("expected an error status, got {other:?}"),
-    }
-}
+use common::{alive, kvm_available, request, running, status_of, TestDaemon};
 
 /// Reads from a console socket until `marker` shows up (or 5 s pass).
 fn console_until(path: &str, marker: &str) -> String {

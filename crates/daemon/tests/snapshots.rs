@@ -10,40 +10,11 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use api::daemon::{ImportImage, InstanceStatus, RestartPolicy};
+use api::daemon::InstanceStatus;
 use client::daemon::DaemonClient;
-use client::ClientError;
-use common::{alive, kvm_available, request, running, test_guest, TestDaemon};
+use common::disks::{chain, import_disk_image, launch, read, write};
+use common::{alive, kvm_available, running, status_of, TestDaemon};
 use disk::Format;
-
-fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> u16 {
-    match r {
-        Err(ClientError::Status { status, .. }) => status,
-        other => panic!("expected an HTTP error, got {other:?}"),
-    }
-}
-
-fn read(path: &Path, off: u64, len: usize) -> Vec<u8> {
-    let img = disk::open(path, Format::Qcow2, true).unwrap();
-    let mut b = vec![0u8; len];
-    img.read_at(&mut b, off).unwrap();
-    b
-}
-
-/// Writes into a stopped instance's disk, as its guest would have.
-fn write(path: &Path, off: u64, data: &[u8]) {
-    let img = disk::open(path, Format::Qcow2, false).unwrap();
-    img.write_at(data, off).unwrap();
-    img.flush().unwrap();
-}
-
-fn chain(path: &Path) -> Vec<PathBuf> {
-    disk::info_chain(path, Some(Format::Qcow2))
-        .unwrap()
-        .into_iter()
-        .map(|i| i.path)
-        .collect()
-}
 
 fn layers(d: &TestDaemon) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(d.dir.path().join("state/layers"))
@@ -76,28 +47,8 @@ fn daemon_with_disk_image() -> (TestDaemon, DaemonClient, PathBuf) {
     );
     let d = TestDaemon::start();
     let c = d.client();
-    let base = d.dir.path().join("base.raw");
-    let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i >> 9) as u8).collect();
-    std::fs::write(&base, &data).unwrap();
-    let image = c
-        .import_image(&ImportImage {
-            name: "dimg".into(),
-            kernel: test_guest().display().to_string(),
-            rootfs: None,
-            initrd: None,
-            disk: Some(base.display().to_string()),
-            cmdline: Some("console=ttyS0".into()),
-        })
-        .unwrap();
-    (d, c, PathBuf::from(image.disk.unwrap()))
-}
-
-fn launch(d: &TestDaemon, c: &DaemonClient, name: &str, start: bool) -> PathBuf {
-    let mut r = request(name, "idle", RestartPolicy::No);
-    r.image = "dimg".into();
-    r.start = start;
-    let inst = c.create(&r).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
-    PathBuf::from(inst.disk.unwrap())
+    let pool = import_disk_image(&d, &c).pool;
+    (d, c, pool)
 }
 
 #[test]

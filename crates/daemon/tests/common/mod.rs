@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use api::daemon::{CreateInstance, ImportImage, Instance, InstanceStatus, RestartPolicy};
 use client::daemon::DaemonClient;
-use client::Endpoint;
+use client::{ClientError, Endpoint};
+
+pub mod disks;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -253,6 +255,14 @@ pub fn request(name: &str, payload: &str, restart: RestartPolicy) -> CreateInsta
         pids_limit: None,
         start: true,
         settings: None,
+    }
+}
+
+/// The HTTP status of a request that must fail.
+pub fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> u16 {
+    match r {
+        Err(ClientError::Status { status, .. }) => status,
+        other => panic!("expected an HTTP error, got {other:?}"),
     }
 }
 

@@ -5,45 +5,20 @@
 //! switch restores in a new process on the new image.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/vmm_process.rs"]
+mod vmm_process;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use api::vm::{DiskBackendRequest, DiskFormat, VmState};
-use client::vm::VmClient;
-use client::{ClientError, Endpoint};
+use client::ClientError;
 use test_infra::{require_kvm, test_guest, TestGuestEntry};
-
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use vmm_process::spawn;
 
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kapsel-backend-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn spawn(mut cmd: Command, socket: &Path) -> (Vmm, VmClient) {
-    let vmm = Vmm(cmd
-        .arg("--api-socket")
-        .arg(socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "API socket never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (vmm, VmClient::new(Endpoint::new(socket)))
+    vmm_process::dir("backend", name)
 }
 
 /// The files the process has open (targets of /proc/PID/fd).

@@ -3,14 +3,17 @@
 //! /dev/kvm) validate against the documented schemas for their status codes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/vmm_process.rs"]
+mod vmm_process;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use client::Endpoint;
 use serde_json::Value;
 use test_infra::{require_kvm, test_guest, TestGuestEntry};
+use vmm_process::Vmm;
 
 fn doc() -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api/vm.json");
@@ -112,42 +115,20 @@ fn every_route_is_documented_and_every_documented_operation_is_routed() {
     assert_eq!(documented, routed);
 }
 
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kapsel-openapi-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    vmm_process::dir("openapi", name)
 }
 
 /// Starts a VMM running the counting test guest with its API socket in `d`.
 fn start_vmm(d: &Path, extra: &[String]) -> (Vmm, Endpoint) {
     let socket = d.join("api.sock");
-    let vmm = Vmm(Command::new(env!("CARGO_BIN_EXE_kapsel"))
-        .arg("run")
+    let mut run = Command::new(env!("CARGO_BIN_EXE_kapsel"));
+    run.arg("run")
         .arg("--kernel")
         .arg(test_guest(TestGuestEntry::Pvh))
         .args(["--cmdline", "test=count", "--memory", "64M"])
-        .args(extra)
-        .arg("--api-socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "API socket never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        .args(extra);
+    let (vmm, _) = vmm_process::spawn(run, &socket);
     (vmm, Endpoint::new(&socket))
 }
 

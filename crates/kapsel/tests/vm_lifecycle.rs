@@ -37,8 +37,11 @@ struct Vmm {
 }
 
 impl Vmm {
+    /// Starts `cmd` with `--api-socket socket` and waits for the socket.
     fn spawn(mut cmd: Command, socket: &Path) -> Vmm {
         let mut child = cmd
+            .arg("--api-socket")
+            .arg(socket)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -75,15 +78,20 @@ impl Vmm {
         }
     }
 
+    /// `kapsel restore SNAP` with its API on `socket`.
+    fn restore(snap: &Path, socket: &Path) -> Vmm {
+        let mut cmd = kapsel();
+        cmd.arg("restore").arg(snap);
+        Vmm::spawn(cmd, socket)
+    }
+
     fn boot_count(dir: &Path, memory: &str) -> Vmm {
         let socket = dir.join("api.sock");
         let mut cmd = kapsel();
         cmd.arg("run")
             .arg("--kernel")
             .arg(test_guest(TestGuestEntry::Pvh))
-            .args(["--cmdline", "test=count", "--cpus", "2", "--memory", memory])
-            .arg("--api-socket")
-            .arg(&socket);
+            .args(["--cmdline", "test=count", "--cpus", "2", "--memory", memory]);
         Vmm::spawn(cmd, &socket)
     }
 
@@ -207,12 +215,7 @@ fn snapshot_then_restore_in_a_new_process_continues_the_count() {
     assert_eq!(vm.stop(), 0);
 
     let socket = dir.join("restored.sock");
-    let mut cmd = kapsel();
-    cmd.arg("restore")
-        .arg(&snap)
-        .arg("--api-socket")
-        .arg(&socket);
-    let restored = Vmm::spawn(cmd, &socket);
+    let restored = Vmm::restore(&snap, &socket);
     let first = restored.wait_counts(3);
     let counts = restored.counts();
     assert!(
@@ -241,9 +244,7 @@ fn a_balloon_keeps_its_target_across_snapshot_and_restore() {
         .arg("--kernel")
         .arg(test_guest(TestGuestEntry::Pvh))
         .args(["--cmdline", "test=count", "--memory", "128M"])
-        .args(["--balloon", "stats_period=2,free_page_reporting=on"])
-        .arg("--api-socket")
-        .arg(&socket);
+        .args(["--balloon", "stats_period=2,free_page_reporting=on"]);
     let vm = Vmm::spawn(cmd, &socket);
     vm.wait_counts(2);
     assert_eq!(vm.client.set_balloon(48).unwrap().target_mib, 48);
@@ -254,12 +255,7 @@ fn a_balloon_keeps_its_target_across_snapshot_and_restore() {
     assert_eq!(vm.stop(), 0);
 
     let socket = dir.join("restored.sock");
-    let mut cmd = kapsel();
-    cmd.arg("restore")
-        .arg(&snap)
-        .arg("--api-socket")
-        .arg(&socket);
-    let restored = Vmm::spawn(cmd, &socket);
+    let restored = Vmm::restore(&snap, &socket);
     restored.wait_counts(2);
     let b = restored.client.balloon().unwrap();
     assert_eq!(b.target_mib, 48, "{b:?}");
@@ -356,12 +352,7 @@ fn restore_refuses_damaged_snapshots() {
     assert!(err.contains("state"), "{err}");
     // The good one still restores.
     let socket = dir.join("ok.sock");
-    let mut cmd = kapsel();
-    cmd.arg("restore")
-        .arg(&good)
-        .arg("--api-socket")
-        .arg(&socket);
-    let vm = Vmm::spawn(cmd, &socket);
+    let vm = Vmm::restore(&good, &socket);
     vm.wait_counts(2);
     assert_eq!(vm.stop(), 0);
 }
@@ -493,9 +484,7 @@ fn a_vm_with_virtio_devices_snapshots_and_restores_as_a_clone() {
         .arg("--disk")
         .arg(format!("path={}", disk.display()))
         .arg("--vsock")
-        .arg(format!("cid=3,socket={}", dir.join("v.sock").display()))
-        .arg("--api-socket")
-        .arg(&socket);
+        .arg(format!("cid=3,socket={}", dir.join("v.sock").display()));
     let vm = Vmm::spawn(cmd, &socket);
     vm.wait_counts(2);
     vm.client.pause().unwrap();
@@ -514,9 +503,7 @@ fn a_vm_with_virtio_devices_snapshots_and_restores_as_a_clone() {
         .arg("--disk")
         .arg(format!("id=disk0,path={},format=raw", copy.display()))
         .arg("--vsock")
-        .arg(format!("socket={},cid=5", clone_sock.display()))
-        .arg("--api-socket")
-        .arg(&socket);
+        .arg(format!("socket={},cid=5", clone_sock.display()));
     let clone = Vmm::spawn(cmd, &socket);
     clone.wait_counts(3);
     let counts = clone.counts();
@@ -595,9 +582,7 @@ fn every_vmm_thread_runs_under_the_seccomp_filter() {
     cmd.arg("run")
         .arg("--kernel")
         .arg(test_guest(TestGuestEntry::Pvh))
-        .args(["--cmdline", "test=count", "--memory", "64M", "--no-seccomp"])
-        .arg("--api-socket")
-        .arg(&socket);
+        .args(["--cmdline", "test=count", "--memory", "64M", "--no-seccomp"]);
     let vm = Vmm::spawn(cmd, &socket);
     vm.wait_counts(2);
     let modes = seccomp_modes(vm.child.id());

@@ -16,9 +16,18 @@
 //! no remaining disk's chain and no snapshot's layer chain reaches (layers are kept while
 //! still needed, never refused); deleting an image whose disk is in some chain is refused
 //! (409). Instances created before overlays (`root.raw` copies) keep working as raw disks.
+//!
+//! Chains do not pile up ([`compact`]): a layer that no snapshot names and exactly one image
+//! backs onto is folded into that image (`disk::fold_backing`: the image reads byte for byte
+//! as before and backs onto the layer's own backing file) and removed, after a snapshot or
+//! an instance is deleted, a snapshot restored, a VM stopped, and at daemon start. The
+//! image is another layer (safe while VMMs read it: a fold never changes what a reader
+//! sees) or a stopped instance's disk, never a disk a VMM writes: the layer right under a
+//! running VM's disk waits for the VM's next stop.
 
 use std::path::{Path, PathBuf};
 
+use api::daemon::InstanceStatus;
 use disk::{CreateOptions, Format};
 
 use crate::error::{DaemonError, Result};
@@ -117,38 +126,55 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Every disk chain the daemon must keep: each instance's disk and each snapshot's layer,
-/// with who holds it (`NAME` or `NAME (snapshot SNAP)`).
-fn chains(d: &Daemon) -> Result<Vec<(String, Vec<PathBuf>)>> {
-    let mut tops: Vec<(String, PathBuf, Format)> = Vec::new();
+/// One disk chain the daemon must keep, top first.
+struct Chain {
+    /// `NAME` or `NAME (snapshot SNAP)`.
+    owner: String,
+    /// The instance whose disk this chain is (not set for a snapshot's layer chain).
+    instance: Option<String>,
+    files: Vec<PathBuf>,
+}
+
+/// Every disk chain the daemon must keep: each instance's disk and each snapshot's layer.
+fn chains(d: &Daemon) -> Result<Vec<Chain>> {
+    let mut tops: Vec<(String, Option<String>, PathBuf, Format)> = Vec::new();
     {
         let db = d.db();
         for (inst, _) in db.instances()? {
             if let Some(p) = inst.disk.as_deref().map(PathBuf::from) {
                 let f = format_of(&p);
-                tops.push((inst.name, p, f));
+                tops.push((inst.name.clone(), Some(inst.name), p, f));
             }
         }
         for (inst, snap, layer) in db.snapshot_layers()? {
             tops.push((
                 format!("{inst} (snapshot {snap})"),
+                None,
                 PathBuf::from(layer),
                 Format::Qcow2,
             ));
         }
     }
     let mut out = Vec::with_capacity(tops.len());
-    for (owner, top, format) in tops {
+    for (owner, instance, top, format) in tops {
         if !top.exists() {
             continue;
         }
         let files = disk::info_chain(&top, Some(format))?
             .into_iter()
-            .map(|i| std::path::absolute(&i.path).unwrap_or(i.path))
+            .map(|i| absolute(&i.path))
             .collect();
-        out.push((owner, files));
+        out.push(Chain {
+            owner,
+            instance,
+            files,
+        });
     }
     Ok(out)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// The instances (and snapshots) whose disk chains reach `file`.
@@ -156,8 +182,8 @@ pub fn users_of(d: &Daemon, file: &Path) -> Result<Vec<String>> {
     let file = std::path::absolute(file).map_err(|e| DaemonError::io("resolve", file, e))?;
     Ok(chains(d)?
         .into_iter()
-        .filter(|(_, files)| files.contains(&file))
-        .map(|(owner, _)| owner)
+        .filter(|c| c.files.contains(&file))
+        .map(|c| c.owner)
         .collect())
 }
 
@@ -168,16 +194,138 @@ pub fn collect_garbage(d: &Daemon) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(&layers) else {
         return Ok(());
     };
-    let keep: Vec<PathBuf> = chains(d)?.into_iter().flat_map(|(_, f)| f).collect();
+    let keep: Vec<PathBuf> = chains(d)?.into_iter().flat_map(|c| c.files).collect();
     for e in entries.flatten() {
         let p = e.path();
-        let abs = std::path::absolute(&p).unwrap_or_else(|_| p.clone());
-        if p.extension().is_some_and(|x| x == "qcow2") && !keep.contains(&abs) {
+        if p.extension().is_some_and(|x| x == "qcow2") && !keep.contains(&absolute(&p)) {
             std::fs::remove_file(&p).map_err(|e| DaemonError::io("remove", &p, e))?;
             tracing::info!(layer = %p.display(), "removed unreferenced disk layer");
         }
     }
     Ok(())
+}
+
+/// Held by a compaction from planning a fold until it is done, so two never fold into
+/// one image at once.
+static COMPACTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A layer to fold into the one image that backs onto it; `_claim` keeps a stopped
+/// instance from starting while its disk is the image.
+struct Fold<'a> {
+    layer: PathBuf,
+    into: PathBuf,
+    _claim: Option<crate::state::BusyGuard<'a>>,
+}
+
+/// Shortens disk chains: every layer no snapshot names and exactly one image backs onto
+/// is folded into that image (`disk::fold_backing`: the image reads as before, now
+/// backed by the layer's own backing file) and removed. The image may be another layer
+/// (a VMM whose chain runs through it only reads it, and a fold never changes what a
+/// reader sees: see `disk::qcow2::fold`) or the disk of a stopped instance, never a disk
+/// some VMM writes. `held` is the instance whose busy claim the caller holds; other
+/// instances' disks are folded into only when their claim is free. Returns how many layers
+/// went. A crash midway leaves every chain valid; the next compaction finishes the job.
+pub fn compact(d: &Daemon, held: Option<&str>) -> Result<usize> {
+    let _one = COMPACTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut folded = 0;
+    loop {
+        // Planned under the layers lock; folded outside it (a fold copies data, and a
+        // snapshot of a paused guest waits for that lock). Once no snapshot names a layer,
+        // nothing puts a new overlay over it, so the plan stays true meanwhile.
+        let plan = {
+            let _held = layers_lock();
+            next_fold(d, held)?
+        };
+        let Some(fold) = plan else {
+            return Ok(folded);
+        };
+        let out = disk::fold_backing(&fold.into)?;
+        tracing::info!(
+            layer = %fold.layer.display(),
+            into = %fold.into.display(),
+            copied = out.copied,
+            zeroed = out.zeroed,
+            "disk layer folded into the image above it"
+        );
+        let layer = fold.layer.clone();
+        drop(fold);
+        collect_garbage(d)?;
+        if layer.exists() {
+            // Still reached from somewhere: planning it again would loop.
+            return Err(DaemonError::Conflict(format!(
+                "disk layer {} was folded but is still in use",
+                layer.display()
+            )));
+        }
+        folded += 1;
+    }
+}
+
+/// [`compact`], a failure logged (the chains stay valid; a later compaction tries again).
+pub fn compact_or_warn(d: &Daemon, held: Option<&str>) {
+    match compact(d, held) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(layers = n, "disk chains compacted"),
+        Err(e) => tracing::warn!(error = %e.line(), "disk layers not compacted"),
+    }
+}
+
+/// The next layer to fold, if any.
+fn next_fold<'a>(d: &'a Daemon, held: Option<&str>) -> Result<Option<Fold<'a>>> {
+    let layer_dir = absolute(&d.config.layer_dir());
+    let named: std::collections::HashSet<PathBuf> = d
+        .db()
+        .snapshot_layers()?
+        .into_iter()
+        .map(|(_, _, l)| absolute(Path::new(&l)))
+        .collect();
+    let chains = chains(d)?;
+    // Which images back directly onto each file, and whose disk each top is.
+    let mut above: std::collections::BTreeMap<&Path, std::collections::BTreeSet<&Path>> =
+        Default::default();
+    let mut disk_of: std::collections::HashMap<&Path, &str> = Default::default();
+    for c in &chains {
+        for pair in c.files.windows(2) {
+            above.entry(&pair[1]).or_default().insert(&pair[0]);
+        }
+        if let (Some(inst), Some(top)) = (&c.instance, c.files.first()) {
+            disk_of.insert(top, inst);
+        }
+    }
+    for (layer, images) in above {
+        if !layer.starts_with(&layer_dir) || named.contains(layer) || images.len() != 1 {
+            continue;
+        }
+        let Some(&into) = images.iter().next() else {
+            continue;
+        };
+        let claim = match disk_of.get(into) {
+            None if into.starts_with(&layer_dir) => None,
+            None => continue,
+            Some(&inst) if Some(inst) == held => None,
+            Some(&inst) => match d.claim(inst, "layer fold") {
+                Ok(g) => Some(g),
+                Err(_) => continue,
+            },
+        };
+        if let Some(&inst) = disk_of.get(into) {
+            // A VMM writes that disk (folded at its next stop), or a supervised restart is
+            // due (it must find the claim free).
+            let status = d.db().instance(inst)?.0.status;
+            let at_rest = matches!(status, InstanceStatus::Stopped | InstanceStatus::Error);
+            if d.procs().contains_key(inst) || !at_rest {
+                continue;
+            }
+        }
+        return Ok(Some(Fold {
+            layer: layer.to_path_buf(),
+            into: into.to_path_buf(),
+            _claim: claim,
+        }));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -151,6 +151,8 @@ pub fn stop(d: &Daemon, name: &str, force: bool) -> Result<Instance> {
         crate::container::ops::pause(d, name, false)?;
     }
     lifecycle::stop(d, name, force)?;
+    // The disk is no VMM's now: layers only it used fold into it.
+    crate::disks::compact_or_warn(d, Some(name));
     get(d, name)
 }
 
@@ -264,6 +266,7 @@ pub fn delete(d: &Daemon, name: &str, force: bool) -> Result<()> {
     if let Err(e) = crate::disks::collect_garbage(d) {
         tracing::warn!("disk layers kept after deleting '{name}': {}", e.line());
     }
+    crate::disks::compact_or_warn(d, None);
     d.event("instance-deleted", Some(name), "");
     Ok(())
 }
@@ -376,27 +379,52 @@ pub fn update(d: &Daemon, name: &str, upd: &InstanceUpdate) -> Result<Instance> 
 }
 
 /// The clone's disk: a linked clone (overlay over the source's frozen layer) for qcow2
-/// disks; a sparse copy for raw disks of instances made before overlays.
-fn copy_disk(d: &Daemon, name: &str, from: &Path, to: &Path) -> Result<()> {
+/// disks; a sparse copy for raw disks of instances made before overlays. A live source
+/// (`live` = whether it runs, as opposed to paused) is frozen as a snapshot freezes it:
+/// paused, its VMM switched onto a fresh overlay over the layer, resumed.
+fn copy_disk(d: &Daemon, name: &str, from: &Path, to: &Path, live: Option<bool>) -> Result<()> {
     if crate::disks::format_of(from) != disk::Format::Qcow2 {
+        if live.is_some() {
+            return Err(DaemonError::Conflict(format!(
+                "instance '{name}' is running on a raw disk (made before overlays); stop it \
+                 before copying"
+            )));
+        }
         return sparse_copy(from, to);
     }
     let _held = crate::disks::layers_lock();
-    let layer = crate::disks::freeze(d, from, name)?;
+    let layer = match live {
+        Some(running) => {
+            let layer = crate::disks::new_layer(d, name)?;
+            crate::snapshots::freeze_running(d, name, running, from, &layer)?;
+            layer
+        }
+        None => crate::disks::freeze(d, from, name)?,
+    };
     let _ = std::fs::remove_file(to);
     crate::disks::create_overlay(&layer, disk::Format::Qcow2, to)
 }
 
-/// Copies a stopped instance's configuration and disk to a new instance (not started).
+/// Copies an instance's configuration and disk to a new instance (not started). A running
+/// or paused VM is copied live: its disk freezes into a layer while it is paused for a
+/// moment, and the copy gets its own overlay over that layer.
 pub fn copy(d: &Daemon, name: &str, new_name: &str) -> Result<Instance> {
     check_name("instance", new_name, MAX_NAME)?;
     let _guard = d.claim(name, "copy")?;
     let (src, _) = d.db().instance(name)?;
-    if d.procs().contains_key(name) && src.disk.is_some() {
-        return Err(DaemonError::Conflict(format!(
-            "instance '{name}' is running; stop it before copying its disk"
-        )));
-    }
+    let live = match (d.procs().contains_key(name), &src.disk) {
+        (true, Some(_)) => match src.status {
+            InstanceStatus::Running => Some(true),
+            InstanceStatus::Paused => Some(false),
+            other => {
+                return Err(DaemonError::Conflict(format!(
+                    "instance '{name}' is {}: a VM is copied running, paused or stopped",
+                    other.as_str()
+                )))
+            }
+        },
+        _ => None,
+    };
     let req = CreateInstance {
         name: new_name.to_string(),
         image: src.image.clone(),
@@ -433,7 +461,7 @@ pub fn copy(d: &Daemon, name: &str, new_name: &str) -> Result<Instance> {
         }
     }
     if let (Some(from), Some(to)) = (&src.disk, &created.disk) {
-        if let Err(e) = copy_disk(d, name, Path::new(from), Path::new(to)) {
+        if let Err(e) = copy_disk(d, name, Path::new(from), Path::new(to), live) {
             let _ = d.db().delete_instance(new_name);
             let _ = std::fs::remove_dir_all(d.config.instance_dir(new_name));
             return Err(e);

@@ -21,7 +21,12 @@
 //! snapshot is resumed by a new VMM (`kapsel restore`; its state names `root.qcow2`), and a
 //! disk-only one leaves the instance stopped, or boots it afresh if it was running. The layer
 //! is never written, so a snapshot restores any number of times. Deleting a snapshot, an
-//! instance or restoring removes the layers no disk chain and no snapshot reaches any more.
+//! instance or restoring removes the layers no disk chain and no snapshot reaches any more,
+//! and folds each layer no snapshot names into the one image over it (`disks::compact`),
+//! so taking and deleting snapshots keeps chains short.
+//!
+//! `copy` of a live VM freezes its disk the same way ([`freeze_running`]), without the
+//! memory and state.
 //! Snapshots recorded before disks were captured (no layer) restore as they did, on the
 //! disk as it is.
 //!
@@ -186,39 +191,68 @@ fn take_live(
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|e| DaemonError::io("create", parent, e))?;
     }
+    with_paused(d, instance, running, |vm| {
+        vm.snapshot(&dir.display().to_string())
+            .map_err(|e| vmm_error("snapshot", e))?;
+        match disk {
+            Some((disk, layer)) => {
+                let _held = disks::layers_lock();
+                freeze_live(vm, disk, layer)
+            }
+            None => Ok(()),
+        }
+    })
+}
+
+/// Freezes the disk of a live VM into `layer` and switches its VMM onto a fresh overlay
+/// over it, the guest paused meanwhile (if `running`; a paused one stays paused): what a
+/// snapshot does to the disk, for `copy` of a running VM. On a failure the VMM's disk is as
+/// it was. The caller holds [`disks::layers_lock`] until every overlay over `layer` exists.
+pub(crate) fn freeze_running(
+    d: &Daemon,
+    instance: &str,
+    running: bool,
+    disk: &Path,
+    layer: &Path,
+) -> Result<()> {
+    with_paused(d, instance, running, |vm| freeze_live(vm, disk, layer))
+}
+
+/// Runs `f` on the VMM of `instance` with its guest paused: paused first if `running`,
+/// resumed after whatever `f` returned. A failed resume after `f` succeeded is logged (the
+/// guest stays paused; resume it by hand) and does not fail the operation.
+fn with_paused(
+    d: &Daemon,
+    instance: &str,
+    running: bool,
+    f: impl FnOnce(&VmClient) -> Result<()>,
+) -> Result<()> {
     let vm = VmClient::new(
         Endpoint::new(d.config.api_socket(instance)).with_timeout(Duration::from_secs(120)),
     );
     if running {
         vm.pause().map_err(|e| vmm_error("pause", e))?;
     }
-    let taken = vm
-        .snapshot(&dir.display().to_string())
-        .map_err(|e| vmm_error("snapshot", e))
-        .and_then(|_| match disk {
-            Some((disk, layer)) => freeze_live(&vm, disk, layer),
-            None => Ok(()),
-        });
+    let done = f(&vm);
     if running {
         if let Err(e) = vm.resume() {
-            // The snapshot is complete; the guest stays paused (resume it by hand).
             let e = vmm_error("resume", e);
-            return match taken {
+            return match done {
                 Ok(()) => {
-                    tracing::error!(instance, error = %e.line(), "snapshot taken, guest left paused");
+                    tracing::error!(instance, error = %e.line(), "disk frozen, guest left paused");
                     Ok(())
                 }
                 Err(first) => Err(first),
             };
         }
     }
-    taken
+    done
 }
 
 /// Freezes the disk of a paused VM and switches its VMM to the new overlay; on a failed
-/// switch the VMM's image takes the disk's name again.
+/// switch the VMM's image takes the disk's name again. The caller holds
+/// [`disks::layers_lock`].
 fn freeze_live(vm: &VmClient, disk: &Path, layer: &Path) -> Result<()> {
-    let _held = disks::layers_lock();
     disks::freeze_to(disk, layer)?;
     let req = DiskBackendRequest {
         path: disk.display().to_string(),
@@ -280,6 +314,7 @@ pub fn restore(d: &Daemon, instance: &str, name: &str) -> Result<Instance> {
     if let Err(e) = disks::collect_garbage(d) {
         tracing::warn!(instance, error = %e.line(), "disk layers kept after a restore");
     }
+    disks::compact_or_warn(d, Some(instance));
     let inst = if snap.stateful {
         lifecycle::start_from(d, instance, StartReason::User, Some(&dir))?
     } else if was_live {
@@ -317,6 +352,7 @@ pub fn delete(d: &Daemon, instance: &str, name: &str) -> Result<()> {
     if let Err(e) = disks::collect_garbage(d) {
         tracing::warn!(instance, error = %e.line(), "disk layers kept after a snapshot delete");
     }
+    disks::compact_or_warn(d, Some(instance));
     d.event("snapshot-deleted", Some(instance), name);
     Ok(())
 }
@@ -348,7 +384,10 @@ pub fn recover(d: &Daemon) -> Result<()> {
             resume_if_paused(d, &instance);
         }
     }
-    disks::collect_garbage(d)
+    disks::collect_garbage(d)?;
+    // Finishes what a daemon that died while folding a layer left (or what it never did).
+    disks::compact_or_warn(d, None);
+    Ok(())
 }
 
 /// Whether a half-taken snapshot is in fact complete; if not, undoes its disk freeze.

@@ -72,3 +72,20 @@ pub fn chain(path: &Path) -> Vec<PathBuf> {
         .map(|i| i.path)
         .collect()
 }
+
+pub fn ino(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// Inodes of the regular files process `pid` has open.
+pub fn open_inodes(pid: i32) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.ino())
+        .collect()
+}

@@ -1,5 +1,6 @@
-//! `kapsel copy NAME NEW`: a new stopped instance with the same configuration and a copy of
-//! the disk (a sparse copy until qcow2 overlays make it a linked clone).
+//! `kapsel copy NAME NEW`: a new stopped instance with the same configuration and a linked
+//! clone of the disk (a running VM is paused for a moment while its disk freezes into a
+//! layer both share).
 
 use clap::Args;
 

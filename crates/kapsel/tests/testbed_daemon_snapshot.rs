@@ -7,7 +7,9 @@
 //! without B. It writes C, and a second restore of the same snapshot drops C again. After
 //! the root is remounted read-only and the VM stopped, `qemu-img check` finds every image
 //! of the chain (image ← snapshot layer ← root.qcow2) clean and `e2fsck -fn` the flattened
-//! disk: memory and disk were captured together.
+//! disk: memory and disk were captured together. Deleting the snapshot then folds its layer
+//! into the stopped VM's disk (image ← root.qcow2), clean and identical to the flattened
+//! chain (`qemu-img compare`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -102,6 +104,9 @@ for l in /var/lib/kapsel/layers/*.qcow2; do step check-layer qemu-img check "$l"
 step convert qemu-img convert -f qcow2 -O raw {root} /tmp/flat.raw
 step fsck e2fsck -fn /tmp/flat.raw
 step delete-snapshot kapsel snapshot delete g s1
+step chain-folded qemu-img info --backing-chain {root}
+step check-folded qemu-img check {root}
+step compare-folded qemu-img compare -f qcow2 -F raw {root} /tmp/flat.raw
 step delete kapsel delete g
 step layers-after ls -A /var/lib/kapsel/layers
 step daemon-log cat /tmp/daemon.log
@@ -209,8 +214,24 @@ fn testbed_daemon_snapshot_restores_memory_and_disk_together() {
     let fsck = step_out(&out, "fsck").join("\n");
     assert!(!fsck.contains("UNEXPECTED"), "{fsck}");
 
-    // Deleting the snapshot and the instance removes the layer.
-    for tag in ["delete-snapshot", "delete", "layers-after"] {
+    // Deleting the snapshot folds its layer into the stopped VM's disk: image ← root.qcow2,
+    // clean, reading exactly as the flattened chain did.
+    for tag in [
+        "delete-snapshot",
+        "chain-folded",
+        "check-folded",
+        "compare-folded",
+    ] {
+        assert_step(&out, tag);
+    }
+    let folded = step_out(&out, "chain-folded").join("\n");
+    assert_eq!(folded.matches("image: ").count(), 2, "{folded}");
+    assert!(!folded.contains("/var/lib/kapsel/layers/"), "{folded}");
+    let compared = step_out(&out, "compare-folded").join("\n");
+    assert!(compared.contains("Images are identical"), "{compared}");
+
+    // Deleting the instance leaves no layer.
+    for tag in ["delete", "layers-after"] {
         assert_step(&out, tag);
     }
     assert!(

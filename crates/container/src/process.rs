@@ -61,6 +61,76 @@ impl Handshake {
     pub fn status_fd(&self) -> RawFd {
         self.status_w.as_raw_fd()
     }
+
+    /// The parent side once child `pid` is cloned: closes the child's ends, calls
+    /// `setup(pid)` (the child is killed if it fails), tells the child to go on (`what` names
+    /// the child in the error) and returns the status pipe's read end.
+    fn release(
+        self,
+        pid: i32,
+        setup: impl FnOnce(i32) -> Result<(), ContainerError>,
+        what: &str,
+    ) -> Result<OwnedFd, ContainerError> {
+        let Handshake {
+            go_r,
+            go_w,
+            status_r,
+            status_w,
+        } = self;
+        drop(go_r);
+        drop(status_w);
+        if let Err(e) = setup(pid) {
+            kill_and_reap(pid);
+            return Err(e);
+        }
+        write_all(go_w.as_raw_fd(), b"G").map_err(ContainerError::io(format!("signal {what}")))?;
+        drop(go_w);
+        Ok(status_r)
+    }
+
+    /// The child side right after the clone (async-signal-safe only: no allocation): the
+    /// signal mask cleared and SIGPIPE back to default, the parent's pipe ends closed, `stdio`
+    /// on 0, 1 and 2; then waits for the parent's go (exits 1 if the parent went away).
+    fn child_start(&self, stdio: Stdio) {
+        // SAFETY: only async-signal-safe calls on descriptors and signal state this process
+        // owns.
+        unsafe {
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // Rust ignores SIGPIPE; ignored dispositions survive execve, so restore it.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::close(self.go_w.as_raw_fd());
+            libc::close(self.status_r.as_raw_fd());
+            for (fd, target) in [(stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)] {
+                if let Some(fd) = fd {
+                    libc::dup2(fd, target);
+                }
+            }
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: reading one byte into a local buffer.
+        if unsafe { libc::read(self.go_r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
+            // SAFETY: _exit is always safe.
+            unsafe { libc::_exit(1) };
+        }
+    }
+}
+
+/// A raw `clone` with `flags` (CLONE_* and the exit signal), without CLONE_VM and without a
+/// new stack: like fork, the child gets a copy of this address space and sees 0.
+fn raw_clone(flags: i32) -> libc::c_long {
+    // SAFETY: without CLONE_VM the child has its own copy of the address space, so returning
+    // into it on the same stack is sound (what fork does).
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    }
 }
 
 /// A spawned first process.
@@ -83,18 +153,7 @@ pub fn spawn(
 ) -> Result<Spawned, ContainerError> {
     // Everything the child needs is built before the clone: no allocation after it.
     let sys = LinuxSyscall;
-    // SAFETY: a raw clone without CLONE_VM and without a new stack behaves like fork: the
-    // child gets a copy of this address space and returns here with 0.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let pid = raw_clone(flags | libc::SIGCHLD);
     if pid < 0 {
         return Err(ContainerError::last_os("clone"));
     }
@@ -102,20 +161,7 @@ pub fn spawn(
         child(plan, &sys, stdio, &hs);
     }
     let pid = pid as i32;
-    let Handshake {
-        go_r,
-        go_w,
-        status_r,
-        status_w,
-    } = hs;
-    drop(go_r);
-    drop(status_w);
-    if let Err(e) = setup(pid) {
-        kill_and_reap(pid);
-        return Err(e);
-    }
-    write_all(go_w.as_raw_fd(), b"G").map_err(ContainerError::io("signal the container"))?;
-    drop(go_w);
+    let status_r = hs.release(pid, setup, "the container")?;
     let outcome = read_outcome(status_r.as_raw_fd());
     if outcome != Outcome::Ready {
         kill_and_reap(pid);
@@ -129,27 +175,7 @@ pub fn spawn(
 
 /// The child side: never returns.
 fn child(plan: &InitPlan, sys: &LinuxSyscall, stdio: Stdio, hs: &Handshake) -> ! {
-    // SAFETY: only async-signal-safe calls on descriptors and signal state this process owns.
-    unsafe {
-        let empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        // Rust ignores SIGPIPE; ignored dispositions survive execve, so restore it.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::close(hs.go_w.as_raw_fd());
-        libc::close(hs.status_r.as_raw_fd());
-        for (fd, target) in [(stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)] {
-            if let Some(fd) = fd {
-                libc::dup2(fd, target);
-            }
-        }
-    }
-    let mut byte = [0u8; 1];
-    // SAFETY: reading one byte into a local buffer.
-    let n = unsafe { libc::read(hs.go_r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
-    if n != 1 {
-        // SAFETY: _exit is always safe.
-        unsafe { libc::_exit(1) };
-    }
+    hs.child_start(stdio);
     let failure = init::run(sys, plan);
     let record = failure.encode();
     if write_all(plan.status_fd, &record).is_err() {
@@ -174,17 +200,7 @@ pub fn spawn_exec(
     setup: impl FnOnce(i32) -> Result<(), ContainerError>,
 ) -> Result<i32, ContainerError> {
     let sys = LinuxSyscall;
-    // SAFETY: fork-like raw clone, as in `spawn`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let pid = raw_clone(libc::SIGCHLD);
     if pid < 0 {
         return Err(ContainerError::last_os("clone"));
     }
@@ -192,20 +208,7 @@ pub fn spawn_exec(
         exec_child(plan, join, root, &sys, stdio, &hs);
     }
     let pid = pid as i32;
-    let Handshake {
-        go_r,
-        go_w,
-        status_r,
-        status_w,
-    } = hs;
-    drop(go_r);
-    drop(status_w);
-    if let Err(e) = setup(pid) {
-        kill_and_reap(pid);
-        return Err(e);
-    }
-    write_all(go_w.as_raw_fd(), b"G").map_err(ContainerError::io("signal the exec child"))?;
-    drop(go_w);
+    let status_r = hs.release(pid, setup, "the exec child")?;
     let fd = status_r.as_raw_fd();
     let mut tag = [0u8; 1];
     let first = read_exact(fd, &mut tag);
@@ -259,25 +262,7 @@ fn exec_child(
     stdio: Stdio,
     hs: &Handshake,
 ) -> ! {
-    // SAFETY: async-signal-safe calls only, as in `child`.
-    unsafe {
-        let empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::close(hs.go_w.as_raw_fd());
-        libc::close(hs.status_r.as_raw_fd());
-        for (fd, target) in [(stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)] {
-            if let Some(fd) = fd {
-                libc::dup2(fd, target);
-            }
-        }
-    }
-    let mut byte = [0u8; 1];
-    // SAFETY: reading one byte into a local buffer.
-    if unsafe { libc::read(hs.go_r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
-        // SAFETY: _exit is always safe.
-        unsafe { libc::_exit(1) };
-    }
+    hs.child_start(stdio);
     for (i, (fd, flag)) in join.iter().enumerate() {
         use sandbox::syscall::Syscall;
         if let Err(errno) = sys.setns(*fd, *flag) {
@@ -312,17 +297,8 @@ fn exec_child(
         // SAFETY: _exit is always safe.
         unsafe { libc::_exit(1) };
     }
-    // SAFETY: fork-like raw clone; CLONE_PARENT makes the new process our parent's child.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    // CLONE_PARENT makes the new process our parent's child.
+    let pid = raw_clone(libc::CLONE_PARENT | libc::SIGCHLD);
     if pid == 0 {
         let mut b = [0u8; 1];
         // SAFETY: closing our copy of the write end, then waiting for EOF (the intermediate

@@ -96,6 +96,15 @@ pub(crate) fn lock_device<T: ?Sized>(dev: &Mutex<T>) -> MutexGuard<'_, T> {
     dev.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Answers a read of a one-byte register: `value` in the first byte, `0xff` in any further
+/// byte of a wider (guest-chosen) access, as a PC port with nothing behind it reads.
+pub(crate) fn byte_register_read(data: &mut [u8], value: u8) {
+    data.fill(0xff);
+    if let Some(first) = data.first_mut() {
+        *first = value;
+    }
+}
+
 impl Bus {
     /// Creates an empty bus.
     pub fn new() -> Self {

@@ -1,6 +1,30 @@
 //! Helpers shared by the device unit tests.
 
-use crate::bus::BusDevice;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use crate::bus::{lock_device, BusDevice};
+
+/// A `Write` whose contents the test can look at afterwards (clones share them).
+#[derive(Clone, Default)]
+pub(crate) struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    /// What was written so far.
+    pub(crate) fn contents(&self) -> Vec<u8> {
+        lock_device(&self.0).clone()
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        lock_device(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Bytes a hostile guest might write: zero, all ones, and the values that
 /// mean something to one of our devices (reset, S5 sleep, ...).

@@ -316,10 +316,7 @@ impl BusDevice for Cmos {
             // The index port is write-only.
             _ => 0xff,
         };
-        data.fill(0xff);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        crate::bus::byte_register_read(data, value);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {

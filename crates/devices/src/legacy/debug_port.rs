@@ -107,24 +107,8 @@ impl BusDevice for DebugPort {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-    use crate::test_util::hammer;
-
-    #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            crate::bus::lock_device(&self.0).extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::test_util::{hammer, SharedBuf};
 
     #[test]
     fn records_codes_in_order_with_rising_times() {
@@ -153,7 +137,7 @@ mod tests {
         let buf = SharedBuf::default();
         let mut dev = DebugPort::new(Instant::now(), Some(Box::new(buf.clone())));
         dev.write(0, &[0x41, 0x07]);
-        let text = String::from_utf8(crate::bus::lock_device(&buf.0).clone()).expect("utf8");
+        let text = String::from_utf8(buf.contents()).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("kapsel: boot-timer: code=0x41 elapsed_us="));
@@ -182,7 +166,7 @@ mod tests {
 
     #[test]
     fn survives_hostile_accesses() {
-        let mut dev = DebugPort::new(Instant::now(), Some(Box::new(io::sink())));
+        let mut dev = DebugPort::new(Instant::now(), Some(Box::new(std::io::sink())));
         hammer(&mut dev);
     }
 }

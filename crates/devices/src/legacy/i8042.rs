@@ -348,10 +348,7 @@ impl BusDevice for I8042 {
             (COMMAND_OFFSET, 1) => self.status(),
             _ => 0xff,
         };
-        data.fill(0xff);
-        if let Some(first) = data.first_mut() {
-            *first = value;
-        }
+        crate::bus::byte_register_read(data, value);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {

@@ -220,24 +220,8 @@ impl BusDevice for SerialDevice {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-    use crate::test_util::hammer;
-
-    /// A `Write` whose contents the test can look at afterwards.
-    #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            crate::bus::lock_device(&self.0).extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::test_util::{hammer, SharedBuf};
 
     const RBR_THR: u64 = 0;
     const IER: u64 = 1;
@@ -261,7 +245,7 @@ mod tests {
         for b in b"hi\n" {
             dev.write(RBR_THR, &[*b]);
         }
-        assert_eq!(crate::bus::lock_device(&out.0).as_slice(), b"hi\n");
+        assert_eq!(out.contents().as_slice(), b"hi\n");
     }
 
     #[test]
@@ -315,7 +299,7 @@ mod tests {
         assert_eq!(past, [0xff]);
         dev.write(RBR_THR, b"ab");
         dev.write(8, b"c");
-        assert!(crate::bus::lock_device(&out.0).is_empty());
+        assert!(out.contents().is_empty());
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use api::daemon::Network;
+
 use crate::container::spec::NetSpec;
 use crate::error::{DaemonError, Result};
 use crate::netsetup::{self, Subnet};
@@ -35,8 +37,8 @@ pub fn pick_address(subnet: &Subnet, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
         .find(|a| !taken.contains(a))
 }
 
-/// Assigns an address on `network` for a new container (`A.B.C.D/N`).
-pub fn allocate(d: &Daemon, network: &str) -> Result<String> {
+/// `network` and its subnet; a network that does not exist is a bad request.
+fn find_network(d: &Daemon, network: &str) -> Result<(Network, Subnet)> {
     let net = d
         .db()
         .networks()?
@@ -44,6 +46,12 @@ pub fn allocate(d: &Daemon, network: &str) -> Result<String> {
         .find(|n| n.name == network)
         .ok_or_else(|| DaemonError::BadRequest(format!("network '{network}' does not exist")))?;
     let subnet = Subnet::parse(&net.address)?;
+    Ok((net, subnet))
+}
+
+/// Assigns an address on `network` for a new container (`A.B.C.D/N`).
+pub fn allocate(d: &Daemon, network: &str) -> Result<String> {
+    let (_, subnet) = find_network(d, network)?;
     let taken: Vec<Ipv4Addr> = d
         .db()
         .instances()?
@@ -62,13 +70,7 @@ pub fn allocate(d: &Daemon, network: &str) -> Result<String> {
 /// container exists, as its address does) and writes the `resolv.conf` the container gets,
 /// pointing at the bridge's dnsmasq.
 pub fn spec(d: &Daemon, name: &str, network: &str, address: &str) -> Result<NetSpec> {
-    let net = d
-        .db()
-        .networks()?
-        .into_iter()
-        .find(|n| n.name == network)
-        .ok_or_else(|| DaemonError::BadRequest(format!("network '{network}' does not exist")))?;
-    let subnet = Subnet::parse(&net.address)?;
+    let (net, subnet) = find_network(d, network)?;
     let ip: Ipv4Addr = address
         .split('/')
         .next()

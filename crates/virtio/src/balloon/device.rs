@@ -284,6 +284,7 @@ impl VirtioDevice for Balloon {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::Recorder;
 
     fn balloon(config: BalloonConfig) -> (Balloon, BalloonControl) {
         let control = BalloonControl::default();
@@ -332,20 +333,11 @@ mod tests {
 
     #[test]
     fn a_snapshot_keeps_the_sizes_and_the_held_stats_buffer() {
-        use std::sync::Mutex;
         use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
         use virtio_queue::mock::MockSplitQueue;
         use vm_memory::{Bytes, GuestAddress};
         use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
-        #[derive(Default)]
-        struct Irqs(Mutex<Vec<crate::InterruptKind>>);
-        impl Interrupt for Irqs {
-            fn trigger(&self, kind: crate::InterruptKind) -> std::io::Result<()> {
-                self.0.lock().unwrap().push(kind);
-                Ok(())
-            }
-        }
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let vqs: Vec<MockSplitQueue<GuestMemoryMmap>> = (0..3)
             .map(|i| MockSplitQueue::create(&mem, GuestAddress(i * 0x4000), 16))
@@ -370,7 +362,7 @@ mod tests {
                 kick: EventFd::new(EFD_NONBLOCK).unwrap(),
             })
             .collect();
-        b.activate(mem.clone(), Arc::new(Irqs::default()), handles)
+        b.activate(mem.clone(), Arc::new(Recorder::default()), handles)
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while control.status().stats.is_none() && std::time::Instant::now() < deadline {

@@ -299,7 +299,7 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use crate::test_util::Recorder;
     use virtio_queue::desc::split::VirtqUsedElem;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -308,15 +308,6 @@ mod tests {
     const F_NEXT: u16 = 1;
     const F_WRITE: u16 = 2;
     const MEM: u64 = 4 << 20;
-
-    #[derive(Default)]
-    struct Irqs(Mutex<Vec<InterruptKind>>);
-    impl Interrupt for Irqs {
-        fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-            self.0.lock().unwrap().push(kind);
-            Ok(())
-        }
-    }
 
     fn d(addr: u64, len: u32, flags: u16) -> RawDescriptor {
         dn(addr, len, flags, 0)
@@ -347,7 +338,7 @@ mod tests {
         let vq = MockSplitQueue::new(&mem, 16);
         vq.add_desc_chains(descs, 0).unwrap();
         let q: Queue = vq.create_queue().unwrap();
-        let irqs = Arc::new(Irqs::default());
+        let irqs = Arc::new(Recorder::default());
         let control = BalloonControl::default();
         let mut queues = Queues::new(
             mem.clone(),
@@ -367,7 +358,7 @@ mod tests {
         let used_after = vq.used().idx().load();
         let mut lens: Vec<u32> = used;
         lens.extend((used_idx..used_after).map(|_| u32::MAX));
-        let irqs = irqs.0.lock().unwrap().clone();
+        let irqs = irqs.kinds.lock().unwrap().clone();
         (mem, control, lens, irqs)
     }
 
@@ -476,7 +467,7 @@ mod tests {
         vq.add_desc_chains(&[d(0x8000, 4, 0)], 0).unwrap();
         vq.avail().idx().store(100);
         let q: Queue = vq.create_queue().unwrap();
-        let irqs = Arc::new(Irqs::default());
+        let irqs = Arc::new(Recorder::default());
         let control = BalloonControl::default();
         let mut queues = Queues::new(
             mem.clone(),
@@ -487,7 +478,7 @@ mod tests {
         queues.kick(0);
         queues.kick(0);
         queues.request_stats();
-        assert_eq!(*irqs.0.lock().unwrap(), [InterruptKind::Config]);
+        assert_eq!(*irqs.kinds.lock().unwrap(), [InterruptKind::Config]);
         assert_eq!(vq.used().idx().load(), 0);
         assert_eq!(control.status().inflated_bytes, 0);
     }

@@ -197,7 +197,8 @@ impl QueueServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::test_util::Recorder;
+    use std::sync::Arc;
     use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -207,15 +208,6 @@ mod tests {
 
     const F_NEXT: u16 = 1;
     const F_WRITE: u16 = 2;
-
-    #[derive(Default)]
-    struct Irqs(Mutex<Vec<InterruptKind>>);
-    impl Interrupt for Irqs {
-        fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-            self.0.lock().unwrap().push(kind);
-            Ok(())
-        }
-    }
 
     struct Deny;
     impl RequestGate for Deny {
@@ -280,7 +272,7 @@ mod tests {
             stats: Stats::default(),
             broken: false,
         };
-        let irqs = Irqs::default();
+        let irqs = Recorder::default();
         server.serve(&irqs);
         std::fs::remove_file(path).unwrap();
         let used_idx: u16 = vq.used().idx().load();
@@ -452,13 +444,13 @@ mod tests {
             stats: Stats::default(),
             broken: false,
         };
-        let irqs = Irqs::default();
+        let irqs = Recorder::default();
         server.serve(&irqs);
         std::fs::remove_file(path).unwrap();
         assert_eq!(vq.used().idx().load(), 5);
         assert_eq!(server.stats.completed, 5);
         // At most one interrupt for the whole batch (event-idx suppression may skip it).
-        assert!(irqs.0.lock().unwrap().len() <= 1);
+        assert!(irqs.kinds.lock().unwrap().len() <= 1);
         for i in 0..5u64 {
             assert_eq!(
                 mem.read_obj::<u8>(GuestAddress(0x9000 + i)).unwrap(),
@@ -489,7 +481,7 @@ mod tests {
             stats: Stats::default(),
             broken: false,
         };
-        server.serve(&Irqs::default());
+        server.serve(&Recorder::default());
         std::fs::remove_file(path).unwrap();
         assert_eq!(vq.used().idx().load(), 1);
     }

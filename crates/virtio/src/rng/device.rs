@@ -220,7 +220,7 @@ impl VirtioDevice for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use crate::test_util::Recorder;
     use virtio_queue::desc::split::VirtqUsedElem;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -228,24 +228,15 @@ mod tests {
 
     const F_WRITE: u16 = 2;
 
-    #[derive(Default)]
-    struct Irqs(Mutex<Vec<InterruptKind>>);
-    impl Interrupt for Irqs {
-        fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-            self.0.lock().unwrap().push(kind);
-            Ok(())
-        }
-    }
-
     fn run(descs: &[RawDescriptor]) -> (u32, Vec<InterruptKind>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let vq = MockSplitQueue::new(&mem, 16);
         vq.add_desc_chains(descs, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        let irqs = Irqs::default();
+        let irqs = Recorder::default();
         assert_eq!(serve(&mem, &mut q, 0, &irqs), Ok(()));
         let used: VirtqUsedElem = vq.used().ring().ref_at(0).unwrap().load();
-        (used.len(), irqs.0.into_inner().unwrap())
+        (used.len(), irqs.kinds.into_inner().unwrap())
     }
 
     fn d(addr: u64, len: u32, flags: u16) -> RawDescriptor {
@@ -273,7 +264,7 @@ mod tests {
             queue: vq.create_queue().unwrap(),
             kick: EventFd::new(EFD_NONBLOCK).unwrap(),
         };
-        rng.activate(mem.clone(), Arc::new(Irqs::default()), vec![handle])
+        rng.activate(mem.clone(), Arc::new(Recorder::default()), vec![handle])
             .unwrap();
         // The worker serves both chains at start; wait for it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -29,6 +29,23 @@ pub trait Interrupt: Send + Sync {
     }
 }
 
+/// Raises queue `index`'s interrupt once the device added used buffers, unless the driver
+/// suppressed it (its no-interrupt flag or used-event index). A used ring that cannot be
+/// read notifies anyway: the driver will see what it sees. A failed trigger is logged.
+pub fn notify_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &dyn Interrupt,
+    index: u16,
+) {
+    use virtio_queue::QueueT;
+    if queue.needs_notification(mem).unwrap_or(true) {
+        if let Err(e) = interrupt.trigger(InterruptKind::Queue(index)) {
+            crate::warn_limited!(error = %e, queue = index, "virtio interrupt failed");
+        }
+    }
+}
+
 /// One activated queue: the negotiated ring and the eventfd the guest's kicks arrive on.
 #[derive(Debug)]
 pub struct QueueHandle {

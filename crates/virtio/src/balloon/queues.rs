@@ -17,7 +17,7 @@ use arch::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::Bytes;
 
-use crate::device::{Interrupt, InterruptKind, QueueProgress};
+use crate::device::{Interrupt, QueueProgress};
 use crate::queue_fault::{pop_chain, QueueFault};
 
 use super::control::BalloonControl;
@@ -154,9 +154,7 @@ impl Queues {
             self.fail(index, &QueueFault::UsedRing);
             return;
         }
-        if q.queue.needs_notification(&self.mem).unwrap_or(true) {
-            let _ = self.interrupt.trigger(InterruptKind::Queue(q.index));
-        }
+        crate::device::notify_used(&mut q.queue, &self.mem, self.interrupt.as_ref(), q.index);
     }
 
     /// Pops and handles every available chain of queue `i`.
@@ -165,8 +163,8 @@ impl Queues {
         let mut used_any = false;
         let result = self.drain(i, role, &mem, &mut used_any);
         let q = &mut self.queues[i];
-        if used_any && q.queue.needs_notification(&mem).unwrap_or(true) {
-            let _ = self.interrupt.trigger(InterruptKind::Queue(q.index));
+        if used_any {
+            crate::device::notify_used(&mut q.queue, &mem, self.interrupt.as_ref(), q.index);
         }
         result
     }
@@ -300,6 +298,7 @@ impl Queues {
 mod tests {
     use super::*;
     use crate::test_util::Recorder;
+    use crate::InterruptKind;
     use virtio_queue::desc::split::VirtqUsedElem;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;

@@ -9,7 +9,7 @@ use arch::GuestMemoryMmap;
 use super::io::DiskFile;
 use super::request::{ParseFailure, Request, RequestError, RequestType};
 use super::{ID_BYTES, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
-use crate::device::{Interrupt, InterruptKind};
+use crate::device::Interrupt;
 use crate::queue_fault::{pop_chain, QueueFault};
 
 /// Where a rate limiter plugs in: every parsed request asks the gate first. A refused
@@ -75,8 +75,8 @@ impl QueueServer {
             self.broken = true;
             crate::queue_fault::report("virtio-blk", self.index, &fault, interrupt);
         }
-        if completed && self.queue.needs_notification(&mem).unwrap_or(true) {
-            let _ = interrupt.trigger(InterruptKind::Queue(self.index));
+        if completed {
+            crate::device::notify_used(&mut self.queue, &mem, interrupt, self.index);
         }
     }
 

@@ -23,7 +23,7 @@ use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
 use crate::queue_fault::{pop_chain, QueueFault};
 use crate::rate_limiter::RateLimiter;
 use crate::worker::DeviceLoop;
-use crate::{Interrupt, InterruptKind, QueueHandle};
+use crate::{Interrupt, QueueHandle};
 
 pub const RX_INDEX: u16 = 0;
 pub const TX_INDEX: u16 = 1;
@@ -200,12 +200,7 @@ impl Worker {
         } else {
             &mut self.tx.queue
         };
-        // a broken used ring: notify anyway, the driver will see what it sees
-        if queue.needs_notification(&self.mem).unwrap_or(true) {
-            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(which)) {
-                tracing::warn!(error = %e, queue = which, "virtio-net interrupt failed");
-            }
-        }
+        crate::device::notify_used(queue, &self.mem, self.interrupt.as_ref(), which);
     }
 
     /// Sends every frame the guest queued, as far as the TX limiter allows.
@@ -427,6 +422,7 @@ impl DeviceLoop for Worker {
 mod tests {
     use super::*;
     use crate::rate_limiter::{BucketConfig, RateLimit};
+    use crate::InterruptKind;
     use std::collections::VecDeque;
     use std::sync::Mutex;
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;

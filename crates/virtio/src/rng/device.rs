@@ -7,8 +7,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use crate::device::{
-    ActivateError, DeviceState, Interrupt, InterruptKind, QueueHandle, QueueProgress, StateError,
-    VirtioDevice,
+    ActivateError, DeviceState, Interrupt, QueueHandle, QueueProgress, StateError, VirtioDevice,
 };
 use crate::queue_fault::{pop_chain, QueueFault};
 use crate::worker::{Worker, WorkerEvent};
@@ -139,8 +138,8 @@ pub fn serve(
             Err(_) => break Err(QueueFault::UsedRing),
         }
     };
-    if used_any && queue.needs_notification(mem).unwrap_or(true) {
-        let _ = interrupt.trigger(InterruptKind::Queue(index));
+    if used_any {
+        crate::device::notify_used(queue, mem, interrupt, index);
     }
     result
 }
@@ -221,6 +220,7 @@ impl VirtioDevice for Rng {
 mod tests {
     use super::*;
     use crate::test_util::Recorder;
+    use crate::InterruptKind;
     use virtio_queue::desc::split::VirtqUsedElem;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;

@@ -96,11 +96,7 @@ impl Worker {
         } else {
             &mut self.tx.queue
         };
-        if queue.needs_notification(&self.mem).unwrap_or(true) {
-            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(index)) {
-                tracing::warn!(error = %e, "vsock interrupt failed");
-            }
-        }
+        crate::device::notify_used(queue, &self.mem, self.interrupt.as_ref(), index);
     }
 
     /// Takes every packet the guest queued and hands it to the muxer.

@@ -418,6 +418,18 @@ pub struct ExecRequest {
     /// upgraded to [`crate::exec_stream`] frames.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interactive: bool,
+    /// The terminal's size from the start (default 24 rows of 80 columns); later changes of
+    /// an interactive exec come as frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<TermSize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TermSize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// What an exec produced.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use api::daemon::{
     CreateInstance, CreateNetwork, ExecRequest, ExecResult, ImportImage, Instance, InstanceKind,
-    InstanceStatus, InstanceUpdate, RestartPolicy,
+    InstanceStatus, InstanceUpdate, RestartPolicy, TermSize,
 };
 use api::exec_stream::Frame;
 use common::{alive, running, TestDaemon};
@@ -90,6 +90,7 @@ fn exec(d: &TestDaemon, name: &str, script: &str) -> ExecResult {
                 tty: false,
                 timeout_secs: Some(30),
                 interactive: false,
+                size: None,
             },
         )
         .unwrap_or_else(|e| panic!("exec in {name}: {e}\n{}", d.log()))
@@ -175,6 +176,7 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
                 tty: true,
                 timeout_secs: None,
                 interactive: false,
+                size: None,
             },
         )
         .unwrap();
@@ -211,6 +213,7 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
                 tty: false,
                 timeout_secs: None,
                 interactive: false,
+                size: None,
             },
         )
         .unwrap_err();
@@ -296,6 +299,7 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
                 tty: false,
                 timeout_secs: None,
                 interactive: false,
+                size: None,
             },
         )
         .unwrap_err();
@@ -857,6 +861,7 @@ fn exec_many_times() {
                 tty: false,
                 timeout_secs: None,
                 interactive: false,
+                size: None,
             },
         );
         if let Err(e) = r {
@@ -950,6 +955,25 @@ fn interactive_exec_on_a_terminal() {
     let (code, _, err) = kapsel_with_input(&d, &["exec", "-t", "it", "--", "/no/such"], "");
     assert_ne!(code, 0, "{err}");
 
+    // The size a request names is the terminal's from the start; a zero size is refused.
+    let mut sized = ExecRequest {
+        command: vec!["stty".into(), "size".into()],
+        tty: true,
+        timeout_secs: None,
+        interactive: false,
+        size: Some(TermSize {
+            rows: 30,
+            cols: 100,
+        }),
+    };
+    let r = d.client().exec("it", &sized).unwrap();
+    assert_eq!((r.exit_code, r.stdout.trim()), (0, "30 100"), "{r:?}");
+    sized.size = Some(TermSize { rows: 0, cols: 100 });
+    match d.client().exec("it", &sized) {
+        Err(client::ClientError::Status { status: 400, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+
     // The frames through the API: the window size reaches the terminal, output streams, the
     // exit code ends the session.
     let req = ExecRequest {
@@ -957,6 +981,7 @@ fn interactive_exec_on_a_terminal() {
         tty: true,
         timeout_secs: None,
         interactive: true,
+        size: None,
     };
     let mut s = d.client().exec_interactive("it", &req).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -1080,7 +1105,7 @@ fn interactive_exec_from_a_terminal() {
         "--",
         "sh",
         "-c",
-        "stty size; while read x; do stty size; done",
+        "stty size; while read x; do [ \"$x\" = cat ] && exec cat; stty size; done",
     ])
     .env("KAPSEL_SOCKET", &d.socket)
     .stdin(stdio())
@@ -1118,7 +1143,11 @@ fn interactive_exec_from_a_terminal() {
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !seen.contains("40 120") {
-        assert!(Instant::now() < deadline, "no size in {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no size in {seen:?}\n{}",
+            d.log()
+        );
         seen.push_str(&read_some());
     }
     // SAFETY: tcgetattr into a local termios on our pty's slave.
@@ -1151,7 +1180,26 @@ fn interactive_exec_from_a_terminal() {
         unsafe { libc::write(master, b"\r".as_ptr().cast(), 1) };
         seen.push_str(&read_some());
     }
-    // Ctrl-C: a raw client passes it on, the container's terminal makes it SIGINT.
+    // Ctrl-C: a raw client passes it on, the container's terminal makes it SIGINT. `cat` gets
+    // it (a shell run with -c catches SIGINT and decides for itself); it runs once a line
+    // shows twice, echoed by the terminal and copied by cat.
+    // SAFETY: writing from a static buffer to our pty master.
+    unsafe { libc::write(master, b"cat\r".as_ptr().cast(), 4) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in 0.. {
+        assert!(Instant::now() < deadline, "cat never ran: {seen:?}");
+        let line = format!("ping{n}\r");
+        // SAFETY: writing from a live buffer to our pty master.
+        unsafe { libc::write(master, line.as_ptr().cast(), line.len()) };
+        let twice = format!("ping{n}\r\nping{n}\r\n");
+        let until = Instant::now() + Duration::from_secs(2);
+        while !seen.contains(&twice) && Instant::now() < until {
+            seen.push_str(&read_some());
+        }
+        if seen.contains(&twice) {
+            break;
+        }
+    }
     // SAFETY: as above.
     unsafe { libc::write(master, b"\x03".as_ptr().cast(), 1) };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1161,7 +1209,9 @@ fn interactive_exec_from_a_terminal() {
         }
         assert!(
             Instant::now() < deadline,
-            "Ctrl-C did not end the command: {seen:?}"
+            "Ctrl-C did not end the command: {seen:?}\n{}\n{}",
+            exec(&d, "term", "ps -o pid,ppid,pgid,stat,args; for p in /proc/[0-9]*; do echo $p $(grep -E 'SigIgn|SigCgt|SigBlk' $p/status | tr -d '\\t'); done").stdout,
+            d.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     };

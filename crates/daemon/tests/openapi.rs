@@ -227,6 +227,7 @@ fn schemas_match_the_api_types() {
                 tty: true,
                 timeout_secs: Some(1),
                 interactive: true,
+                size: Some(api::daemon::TermSize { rows: 24, cols: 80 }),
             }),
         ),
         (

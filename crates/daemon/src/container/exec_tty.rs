@@ -52,7 +52,7 @@ pub fn start(d: &Daemon, name: &str, req: &ExecRequest) -> Result<TtyExec> {
     };
     require_running(d, name, "exec")?;
     let c = Container::load(&d.config.container_state_root(), name)?;
-    let pty = container_pty(c.pid())?;
+    let pty = container_pty(c.pid(), req.size)?;
     let pid = c.exec_on_terminal(
         &ProcessConfig::new(req.command.clone()),
         pty.slave.as_raw_fd(),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use api::daemon::{
     ExecRequest, ExecResult, Instance, InstanceConfig, InstanceKind, InstanceStatus, Snapshot,
+    TermSize,
 };
 use container::{Container, ProcessConfig, Stdio};
 
@@ -176,7 +177,7 @@ pub fn exec(d: &Daemon, name: &str, req: &ExecRequest) -> Result<ExecResult> {
     let devnull =
         std::fs::File::open("/dev/null").map_err(|e| DaemonError::io("open", "/dev/null", e))?;
     let (pid, out_r, err_r) = if req.tty {
-        let pty = container_pty(c.pid())?;
+        let pty = container_pty(c.pid(), req.size)?;
         let pid = c.exec_on_terminal(&process, pty.slave.as_raw_fd())?;
         drop(pty.slave);
         // No input: end-of-file (Ctrl-D) for a command that reads its terminal.
@@ -221,7 +222,14 @@ pub(crate) struct ContainerPty {
     pub slave: OwnedFd,
 }
 
-pub(crate) fn container_pty(pid: i32) -> Result<ContainerPty> {
+pub(crate) fn container_pty(pid: i32, size: Option<TermSize>) -> Result<ContainerPty> {
+    let size = size.unwrap_or(TermSize { rows: 24, cols: 80 });
+    if size.rows == 0 || size.cols == 0 {
+        return Err(DaemonError::BadRequest(format!(
+            "size must be at least 1 row and 1 column, not {}x{}",
+            size.rows, size.cols
+        )));
+    }
     let ptmx = format!("/proc/{pid}/root/dev/ptmx");
     let master = std::fs::OpenOptions::new()
         .read(true)
@@ -236,8 +244,8 @@ pub(crate) fn container_pty(pid: i32) -> Result<ContainerPty> {
     let slave = unsafe {
         libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock);
         let ws = libc::winsize {
-            ws_row: 24,
-            ws_col: 80,
+            ws_row: size.rows,
+            ws_col: size.cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };

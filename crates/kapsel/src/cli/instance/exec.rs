@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use api::daemon::ExecRequest;
+use api::daemon::{ExecRequest, TermSize};
 use api::exec_stream::Frame;
 use clap::Args;
 use client::daemon::DaemonClient;
@@ -45,6 +45,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode, VerbError> {
         tty: false,
         timeout_secs: a.timeout,
         interactive: false,
+        size: None,
     };
     let wait = std::time::Duration::from_secs(a.timeout.unwrap_or(60) + 30);
     let client = DaemonClient::new(Endpoint::new(&a.conn.socket).with_timeout(wait));
@@ -59,13 +60,13 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 /// This terminal's size (stdout's, else stdin's), if either is a terminal.
-fn window_size() -> Option<Frame> {
+fn window_size() -> Option<TermSize> {
     [1, 0].into_iter().find_map(|fd| {
         // SAFETY: winsize is plain data; TIOCGWINSZ fills it from a descriptor we hold.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0;
-        (ok && ws.ws_row > 0).then_some(Frame::Resize {
+        (ok && ws.ws_row > 0 && ws.ws_col > 0).then_some(TermSize {
             rows: ws.ws_row,
             cols: ws.ws_col,
         })
@@ -88,6 +89,7 @@ fn interactive(a: ExecArgs) -> Result<ExitCode, VerbError> {
         tty: true,
         timeout_secs: a.timeout,
         interactive: true,
+        size: window_size(),
     };
     let client = DaemonClient::new(Endpoint::new(&a.conn.socket));
     let mut stream = client
@@ -105,9 +107,6 @@ fn interactive(a: ExecArgs) -> Result<ExitCode, VerbError> {
     let send = |w: &Arc<Mutex<UnixStream>>, bytes: &[u8]| -> bool {
         w.lock().is_ok_and(|mut s| s.write_all(bytes).is_ok())
     };
-    if let Some(size) = window_size() {
-        send(&writer, &size.encode());
-    }
     let terminal = vmm::console::RawTerminal::enable(0);
     if terminal.is_some() {
         // SIGWINCH is blocked in this thread before any other starts (they inherit the
@@ -122,8 +121,8 @@ fn interactive(a: ExecArgs) -> Result<ExitCode, VerbError> {
             if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                 return;
             }
-            if let Some(size) = window_size() {
-                if !send(&w, &size.encode()) {
+            if let Some(TermSize { rows, cols }) = window_size() {
+                if !send(&w, &Frame::Resize { rows, cols }.encode()) {
                     return;
                 }
             }

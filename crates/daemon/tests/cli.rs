@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{kapsel_bin, kvm_available, TestDaemon};
+use common::{kapsel_bin, require_kvm, TestDaemon};
 
 fn kapsel(d: &TestDaemon, args: &[&str]) -> Output {
     Command::new(kapsel_bin())
@@ -26,9 +26,7 @@ fn text(o: &Output) -> (String, String) {
 
 #[test]
 fn verbs_print_results_and_fail_with_one_line_and_distinct_codes() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let d = TestDaemon::start();
     let o = kapsel(
         &d,
@@ -134,9 +132,7 @@ fn verbs_print_results_and_fail_with_one_line_and_distinct_codes() {
 
 #[test]
 fn launch_takes_config_set_keys_checked_before_anything_is_made() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let d = TestDaemon::start();
     let o = kapsel(
         &d,

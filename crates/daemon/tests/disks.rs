@@ -10,14 +10,11 @@ use std::path::PathBuf;
 
 use api::daemon::InstanceStatus;
 use common::disks::{chain, import_disk_image, ino, launch, open_inodes, read, write};
-use common::{kvm_available, running, status_of, TestDaemon};
+use common::{require_kvm, running, status_of, TestDaemon};
 
 #[test]
 fn instance_disks_are_overlays_and_copies_are_linked_clones() {
-    assert!(
-        kvm_available(),
-        "this test starts a guest: it needs /dev/kvm"
-    );
+    require_kvm();
     let d = TestDaemon::start();
     let c = d.client();
     let image = import_disk_image(&d, &c);
@@ -85,10 +82,7 @@ fn instance_disks_are_overlays_and_copies_are_linked_clones() {
 
 #[test]
 fn a_running_vm_is_copied_live_onto_a_shared_layer() {
-    assert!(
-        kvm_available(),
-        "this test starts guests: it needs /dev/kvm"
-    );
+    require_kvm();
     let d = TestDaemon::start();
     let c = d.client();
     let image = import_disk_image(&d, &c);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use api::daemon::{InstanceStatus, InstanceUpdate, RestartPolicy};
 use client::ClientError;
-use common::{alive, kvm_available, request, running, status_of, TestDaemon};
+use common::{alive, request, require_kvm, running, status_of, TestDaemon};
 
 /// Reads from a console socket until `marker` shows up (or 5 s pass).
 fn console_until(path: &str, marker: &str) -> String {
@@ -33,9 +33,7 @@ fn console_until(path: &str, marker: &str) -> String {
 
 #[test]
 fn launch_list_console_stop_start_restart_delete() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let d = TestDaemon::start();
     let c = d.client();
     let inst = d.launch("web-1", "idle", RestartPolicy::No);
@@ -204,9 +202,7 @@ fn launch_list_console_stop_start_restart_delete() {
 
 #[test]
 fn hostile_callers_get_clear_4xx_and_state_stays_consistent() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let d = TestDaemon::start();
     let c = d.client();
     for bad in ["", "UPPER", "1abc", "a_b", "../etc", "a b", "x-"] {
@@ -344,9 +340,7 @@ fn locked_kib(pid: i32) -> u64 {
 
 #[test]
 fn memory_backing_applies_at_start_and_bad_values_are_400() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let d = TestDaemon::start();
     let c = d.client();
     let mut r = request("locked", "idle", RestartPolicy::No);
@@ -396,9 +390,7 @@ fn memory_backing_applies_at_start_and_bad_values_are_400() {
 
 #[test]
 fn disk_limits_apply_live_and_at_every_start() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let d = TestDaemon::start();
     let c = d.client();
     let disk = d.dir.path().join("disk.raw");
@@ -460,9 +452,7 @@ fn disk_limits_apply_live_and_at_every_start() {
 
 #[test]
 fn balloon_target_set_live_and_added_at_start() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let d = TestDaemon::start();
     let c = d.client();
     c.create(&request("bal", "idle", RestartPolicy::No))

@@ -5,13 +5,11 @@
 mod common;
 
 use api::daemon::RestartPolicy;
-use common::{alive, kvm_available, request, running, TestDaemon};
+use common::{alive, request, require_kvm, running, TestDaemon};
 
 #[test]
 fn twenty_parallel_launches_all_run_and_list_agrees() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let d = TestDaemon::start();
     let handles: Vec<_> = (0..20)
         .map(|i| {

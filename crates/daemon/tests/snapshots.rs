@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use api::daemon::InstanceStatus;
 use client::daemon::DaemonClient;
 use common::disks::{chain, import_disk_image, ino, launch, open_inodes, read, write};
-use common::{alive, kvm_available, running, status_of, TestDaemon};
+use common::{alive, require_kvm, running, status_of, TestDaemon};
 use disk::Format;
 
 fn layers(d: &TestDaemon) -> Vec<PathBuf> {
@@ -26,10 +26,7 @@ fn layers(d: &TestDaemon) -> Vec<PathBuf> {
 
 /// A daemon with image `dimg`: the test guest and an 8 MiB disk.
 fn daemon_with_disk_image() -> (TestDaemon, DaemonClient, PathBuf) {
-    assert!(
-        kvm_available(),
-        "this test starts guests: it needs /dev/kvm"
-    );
+    require_kvm();
     let d = TestDaemon::start();
     let c = d.client();
     let pool = import_disk_image(&d, &c).pool;

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use api::daemon::{InstanceStatus, RestartPolicy};
-use common::{alive, kvm_available, running, TestDaemon};
+use common::{alive, require_kvm, running, TestDaemon};
 
 fn kill9(pid: i32) {
     // SAFETY: kill takes plain integers.
@@ -16,9 +16,7 @@ fn kill9(pid: i32) {
 
 #[test]
 fn killed_vmm_is_restarted_per_policy() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let d = TestDaemon::start();
     let c = d.client();
     let on_failure = d.launch("onfail", "idle", RestartPolicy::OnFailure);
@@ -73,9 +71,7 @@ fn killed_vmm_is_restarted_per_policy() {
 
 #[test]
 fn daemon_kill9_leaves_guests_running_and_reattaches() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let mut d = TestDaemon::start();
     let a = d.launch("keep-a", "idle", RestartPolicy::OnFailure);
     let b = d.launch("keep-b", "idle", RestartPolicy::No);

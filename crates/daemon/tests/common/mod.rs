@@ -67,11 +67,16 @@ pub fn test_guest() -> PathBuf {
 /// The daemon tests run real VMMs: without /dev/kvm they fail loudly, never skip silently
 /// (`true` or a panic naming what is missing).
 pub fn kvm_available() -> bool {
+    require_kvm();
+    true
+}
+
+/// Fails the test, naming what is missing, unless /dev/kvm exists.
+pub fn require_kvm() {
     assert!(
         Path::new("/dev/kvm").exists(),
         "/dev/kvm is missing: the daemon tests run real VMMs (load kvm_intel/kvm_amd)"
     );
-    true
 }
 
 pub struct TestDaemon {

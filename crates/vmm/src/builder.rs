@@ -147,14 +147,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
     })?;
 
     let devices = DeviceManager::new(&vm, config.memory, start, config.boot_timer)?;
-    let mut pci = crate::pci::PciDevices::new(
-        &vm,
-        &devices.pio_bus,
-        devices.mmio_bus.clone(),
-        memory.clone(),
-    )?;
-    let (io_limits, disk_backends) = crate::pci::add_configured_devices(&mut pci, config)?;
-    let balloon = crate::balloon::add_balloon(&mut pci, config)?;
+    let pci = PciSet::add(&vm, &devices, &memory, config)?;
 
     let cpus = config.cpus as u8;
     let supported = hv.supported_cpuid()?;
@@ -179,17 +172,7 @@ pub fn build_vm(config: &VmConfig, start: Instant) -> Result<BuiltVm, VmmError> 
         entry = ?kernel.entry,
         "VM built"
     );
-    Ok(BuiltVm {
-        vm,
-        memory,
-        devices,
-        pci,
-        vcpus,
-        msr_list: hv.msr_index_list()?,
-        io_limits,
-        disk_backends,
-        balloon,
-    })
+    BuiltVm::assemble(&hv, vm, memory, devices, pci, vcpus)
 }
 
 /// Rebuilds a VM from a snapshot directory: memory mapped copy-on-write from its memory file,
@@ -223,14 +206,7 @@ pub fn restore_vm(
     let devices =
         DeviceManager::restore(&vm, config.memory, start, config.boot_timer, &state.devices)?;
     // The same configuration adds the same devices in the same slots, BARs and GSIs.
-    let mut pci = crate::pci::PciDevices::new(
-        &vm,
-        &devices.pio_bus,
-        devices.mmio_bus.clone(),
-        memory.clone(),
-    )?;
-    let (io_limits, disk_backends) = crate::pci::add_configured_devices(&mut pci, &config)?;
-    let balloon = crate::balloon::add_balloon(&mut pci, &config)?;
+    let pci = PciSet::add(&vm, &devices, &memory, &config)?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (id, saved) in state.vcpus.iter().enumerate() {
         let vcpu = vm.create_vcpu(id as u8)?;
@@ -239,20 +215,64 @@ pub fn restore_vm(
     }
     vm.restore_state(&state.vm)?;
     // Last: re-activated devices may interrupt at once, which must reach restored LAPICs.
-    pci.restore_state(&state.virtio)?;
+    pci.pci.restore_state(&state.virtio)?;
     tracing::info!(dir = %dir.display(), cpus = config.cpus, "VM restored");
-    Ok((
-        BuiltVm {
+    let built = BuiltVm::assemble(&hv, vm, memory, devices, pci, vcpus)?;
+    Ok((built, config))
+}
+
+/// PCI bus 0 with every virtio device `config` names, in the order (and so the slots, BARs
+/// and GSIs) a restore of the same configuration reproduces.
+struct PciSet {
+    pci: crate::pci::PciDevices,
+    io_limits: crate::io_limits::IoLimits,
+    disk_backends: crate::disk_backend::DiskBackends,
+    balloon: Option<crate::balloon::VmBalloon>,
+}
+
+impl PciSet {
+    fn add(
+        vm: &hv::Vm,
+        devices: &DeviceManager,
+        memory: &GuestMemoryMmap,
+        config: &VmConfig,
+    ) -> Result<Self, VmmError> {
+        let mut pci = crate::pci::PciDevices::new(
             vm,
-            memory,
-            devices,
+            &devices.pio_bus,
+            devices.mmio_bus.clone(),
+            memory.clone(),
+        )?;
+        let (io_limits, disk_backends) = crate::pci::add_configured_devices(&mut pci, config)?;
+        let balloon = crate::balloon::add_balloon(&mut pci, config)?;
+        Ok(PciSet {
             pci,
-            vcpus,
-            msr_list: hv.msr_index_list()?,
             io_limits,
             disk_backends,
             balloon,
-        },
-        config,
-    ))
+        })
+    }
+}
+
+impl BuiltVm {
+    fn assemble(
+        hv: &Hypervisor,
+        vm: hv::Vm,
+        memory: GuestMemoryMmap,
+        devices: DeviceManager,
+        pci: PciSet,
+        vcpus: Vec<Vcpu>,
+    ) -> Result<Self, VmmError> {
+        Ok(BuiltVm {
+            vm,
+            memory,
+            devices,
+            pci: pci.pci,
+            vcpus,
+            msr_list: hv.msr_index_list()?,
+            io_limits: pci.io_limits,
+            disk_backends: pci.disk_backends,
+            balloon: pci.balloon,
+        })
+    }
 }

@@ -322,6 +322,10 @@ impl AsRawFd for RateLimiter {
 mod tests {
     use super::*;
 
+    fn bucket(rate: u64, burst: u64, now: Instant) -> TokenBucket {
+        TokenBucket::new(BucketConfig { rate, burst }, now).expect("bucket")
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
@@ -339,14 +343,7 @@ mod tests {
     #[test]
     fn bucket_starts_full_and_refills_at_rate() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(
-            BucketConfig {
-                rate: 1000,
-                burst: 100,
-            },
-            t0,
-        )
-        .expect("bucket");
+        let mut b = bucket(1000, 100, t0);
         assert!(b.try_consume(100, t0));
         assert!(!b.try_consume(1, t0));
         // 40 ms at 1000/s = 40 tokens
@@ -358,14 +355,7 @@ mod tests {
     #[test]
     fn refill_is_capped_at_burst() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(
-            BucketConfig {
-                rate: 1000,
-                burst: 100,
-            },
-            t0,
-        )
-        .expect("bucket");
+        let mut b = bucket(1000, 100, t0);
         assert!(b.try_consume(100, t0));
         assert!(b.try_consume(100, t0 + Duration::from_secs(10)));
         assert!(!b.try_consume(1, t0 + Duration::from_secs(10)));
@@ -374,7 +364,7 @@ mod tests {
     #[test]
     fn fractional_tokens_are_not_lost() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(BucketConfig { rate: 3, burst: 10 }, t0).expect("bucket");
+        let mut b = bucket(3, 10, t0);
         assert!(b.try_consume(10, t0));
         // 3 tokens/s: after 10 refills of 100 ms each, exactly 3 tokens
         for i in 1..=10 {
@@ -386,14 +376,7 @@ mod tests {
     #[test]
     fn oversized_request_passes_at_half_a_bucket_then_owes() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(
-            BucketConfig {
-                rate: 1000,
-                burst: 100,
-            },
-            t0,
-        )
-        .expect("bucket");
+        let mut b = bucket(1000, 100, t0);
         assert!(b.try_consume(500, t0));
         assert_eq!(b.budget(), -400);
         // admitted again once the debt is paid and half the burst (50) is back

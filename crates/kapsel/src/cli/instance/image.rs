@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use api::daemon::ImportImage;
 use clap::{Args, Subcommand};
 
-use super::list::Format;
+use super::lifecycle::NameArgs;
+use super::list::{Format, ListArgs};
 use super::{print_json, Conn, VerbError, VerbResult};
 
 #[derive(Debug, Args)]
@@ -30,28 +31,13 @@ pub struct ImportArgs {
     pub conn: Conn,
 }
 
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: Format,
-    #[command(flatten)]
-    pub conn: Conn,
-}
-
-#[derive(Debug, Args)]
-pub struct DeleteArgs {
-    pub name: String,
-    #[command(flatten)]
-    pub conn: Conn,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Copy kernel, initrd and disk (a VM image) or a root filesystem directory or tarball
     /// (a container image) into the storage pool.
     Import(ImportArgs),
     List(ListArgs),
-    Delete(DeleteArgs),
+    Delete(NameArgs),
 }
 
 fn absolute(p: PathBuf) -> Result<String, VerbError> {

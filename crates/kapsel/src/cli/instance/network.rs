@@ -3,6 +3,7 @@
 use api::daemon::CreateNetwork;
 use clap::{Args, Subcommand};
 
+use super::lifecycle::NameArgs;
 use super::{print_json, Conn, VerbError, VerbResult};
 
 #[derive(Debug, Args)]
@@ -15,13 +16,6 @@ pub struct CreateArgs {
     /// No NAT to the host's uplink.
     #[arg(long)]
     pub no_nat: bool,
-    #[command(flatten)]
-    pub conn: Conn,
-}
-
-#[derive(Debug, Args)]
-pub struct NameArgs {
-    pub name: String,
     #[command(flatten)]
     pub conn: Conn,
 }

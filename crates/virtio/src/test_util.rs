@@ -4,13 +4,14 @@
 //! the device raised.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use arch::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::device::{Interrupt, InterruptKind, VirtioDevice};
+use crate::device::{Interrupt, InterruptKind, QueueHandle, VirtioDevice};
 
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
@@ -283,6 +284,28 @@ impl<'m> RawRing<'m> {
 
 /// Checks a scenario's outcome: every head made available came back used, or the device
 /// asked for a reset; used lengths never exceed what the chain offered.
+/// Activates a one-queue device on a raw ring at 0: the ring, the queue's kick and the
+/// interrupts it raises.
+pub fn activate_one_queue<'m>(
+    dev: &mut dyn VirtioDevice,
+    mem: &'m GuestMemoryMmap,
+) -> (RawRing<'m>, EventFd, Arc<Recorder>) {
+    let ring = RawRing::new(mem, 0);
+    let kick = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let irq = Arc::new(Recorder::default());
+    dev.activate(
+        mem.clone(),
+        irq.clone(),
+        vec![QueueHandle {
+            index: 0,
+            queue: ring.queue(),
+            kick: kick.try_clone().expect("eventfd"),
+        }],
+    )
+    .expect("activate");
+    (ring, kick, irq)
+}
+
 pub fn check_outcome(s: &Scenario, ring: &RawRing<'_>, irq: &Recorder) {
     let used = ring.used();
     if irq.needs_reset() > 0 {

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::VIRTIO_BLK_T_OUT;
 use super::{Block, BlockConfig, STATUS_OK};
 use crate::rate_limiter::{BlockGate, BucketConfig, RateLimit, RateLimiter};
 use crate::test_util::*;
-use crate::{QueueHandle, VirtioDevice};
+use crate::VirtioDevice;
 
 const SLOTS: u16 = 4;
 const DATA_LEN: u32 = 64 << 10;
@@ -43,19 +42,7 @@ fn limited_disk_serves_every_request_across_limit_changes() {
     blk.set_gate(Box::new(move || Box::new(BlockGate(gate.clone()))));
 
     let mem = mem();
-    let ring = RawRing::new(&mem, 0);
-    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-    let irq = Arc::new(Recorder::default());
-    blk.activate(
-        mem.clone(),
-        irq.clone(),
-        vec![QueueHandle {
-            index: 0,
-            queue: ring.queue(),
-            kick: kick.try_clone().unwrap(),
-        }],
-    )
-    .unwrap();
+    let (ring, kick, irq) = activate_one_queue(&mut blk, &mem);
 
     let hdr = BUF;
     mem.write_obj(VIRTIO_BLK_T_OUT, GuestAddress(hdr)).unwrap();

@@ -4,16 +4,15 @@
 //! image keeps serving.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use super::{Block, BlockConfig, ReplaceError, STATUS_OK};
 use crate::test_util::*;
-use crate::{QueueHandle, VirtioDevice};
+use crate::VirtioDevice;
 
 const HDR: u64 = BUF;
 const DATA: u64 = BUF + 0x1000;
@@ -106,19 +105,7 @@ fn an_active_disk_continues_on_an_overlay_of_its_image() {
     )
     .unwrap();
     let mem = mem();
-    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-    let irq = Arc::new(Recorder::default());
-    let ring = RawRing::new(&mem, 0);
-    blk.activate(
-        mem.clone(),
-        irq.clone(),
-        vec![QueueHandle {
-            index: 0,
-            queue: ring.queue(),
-            kick: kick.try_clone().unwrap(),
-        }],
-    )
-    .unwrap();
+    let (ring, kick, irq) = activate_one_queue(&mut blk, &mem);
     let mut drv = Driver {
         ring,
         kick,

@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use libfuzzer_sys::fuzz_target;
-use virtio::net::worker::{FrameIo, NetCounters, Worker, WorkerParts};
-use virtio::rate_limiter::{RateLimit, RateLimiter};
+use virtio::net::worker::FrameIo;
 
 struct Frames(Mutex<VecDeque<Vec<u8>>>);
 impl FrameIo for Frames {
@@ -50,16 +49,7 @@ fuzz_target!(|data: &[u8]| {
         f[..n].copy_from_slice(&head[..n]);
         frames.push_back(f);
     }
-    let limiter = || Arc::new(RateLimiter::new(RateLimit::default()).expect("limiter"));
-    let parts = WorkerParts {
-        mem: mem.clone(),
-        interrupt: Arc::new(NullIrq),
-        io: Arc::new(Frames(Mutex::new(frames))),
-        rx_limiter: limiter(),
-        tx_limiter: limiter(),
-        counters: Arc::new(NetCounters::default()),
-    };
-    let mut worker = Worker::new(parts, rx, tx);
+    let mut worker = net_worker(&mem, Arc::new(Frames(Mutex::new(frames))), rx, tx);
     worker.process_rx();
     worker.process_rx();
 });

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use libfuzzer_sys::fuzz_target;
-use virtio::net::worker::{FrameIo, NetCounters, Worker, WorkerParts};
-use virtio::rate_limiter::{RateLimit, RateLimiter};
+use virtio::net::worker::FrameIo;
 
 #[derive(Default)]
 struct Sink(Mutex<usize>);
@@ -37,16 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let rx = ring(&mem, 0, 0, &mut Input(&[]));
     let tx = ring(&mem, 0x1000, 1, &mut input);
     fill_data(&mem, &mut input, 4096);
-    let limiter = || Arc::new(RateLimiter::new(RateLimit::default()).expect("limiter"));
-    let parts = WorkerParts {
-        mem: mem.clone(),
-        interrupt: Arc::new(NullIrq),
-        io: Arc::new(Sink::default()),
-        rx_limiter: limiter(),
-        tx_limiter: limiter(),
-        counters: Arc::new(NetCounters::default()),
-    };
-    let mut worker = Worker::new(parts, rx, tx);
+    let mut worker = net_worker(&mem, Arc::new(Sink::default()), rx, tx);
     worker.process_tx();
     // a second pass (the guest kicking again) must be as safe
     worker.process_tx();

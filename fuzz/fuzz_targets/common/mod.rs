@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io;
+use std::sync::Arc;
 
 use arch::GuestMemoryMmap;
 use virtio::{Interrupt, InterruptKind, QueueHandle};
@@ -127,6 +128,27 @@ pub fn ring(mem: &GuestMemoryMmap, base: u64, index: u16, input: &mut Input<'_>)
 }
 
 /// Fills the data area with input bytes (headers the devices parse live there).
+/// A virtio-net worker on `rx` and `tx` with unlimited rate limiters, frames to and from
+/// `io`, and no interrupts.
+pub fn net_worker(
+    mem: &GuestMemoryMmap,
+    io: Arc<dyn virtio::net::worker::FrameIo>,
+    rx: QueueHandle,
+    tx: QueueHandle,
+) -> virtio::net::worker::Worker {
+    use virtio::rate_limiter::{RateLimit, RateLimiter};
+    let limiter = || Arc::new(RateLimiter::new(RateLimit::default()).expect("limiter"));
+    let parts = virtio::net::worker::WorkerParts {
+        mem: mem.clone(),
+        interrupt: Arc::new(NullIrq),
+        io,
+        rx_limiter: limiter(),
+        tx_limiter: limiter(),
+        counters: Arc::new(virtio::net::worker::NetCounters::default()),
+    };
+    virtio::net::worker::Worker::new(parts, rx, tx)
+}
+
 pub fn fill_data(mem: &GuestMemoryMmap, input: &mut Input<'_>, n: usize) {
     let bytes = input.bytes(n).to_vec();
     let mut at = DATA_BASE;

@@ -35,6 +35,17 @@ fn ok(tool: &str, args: &[&str]) -> String {
     text
 }
 
+/// `qemu-img create` of a qcow2 overlay at `path` over `backing` (`fmt`), with `-o opts`
+/// unless empty.
+fn qemu_overlay(opts: &str, backing: &str, fmt: &str, path: &Path) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    args.extend(["-b", backing, "-F", fmt, p(path)]);
+    ok("qemu-img", &args);
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -90,19 +101,7 @@ fn kapsel_writes_into_a_qemu_img_overlay_over_raw() {
     let base_data = pattern(8 << 20, 0x33);
     std::fs::write(&base, &base_data).unwrap();
     let top = d.join("top.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            p(&top),
-        ],
-    );
+    qemu_overlay("", "base.raw", "raw", &top);
     let mut model = base_data.clone();
     {
         let img = disk::open(&top, Format::Qcow2, false).unwrap();
@@ -238,44 +237,14 @@ fn a_folded_layer_leaves_an_identical_clean_image() {
         let b = d.join("b.qcow2");
         let c = d.join("c.qcow2");
         let opts = format!("compat={compat}");
-        ok(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &opts,
-                "-b",
-                "a.raw",
-                "-F",
-                "raw",
-                p(&b),
-            ],
-        );
+        qemu_overlay(&opts, "a.raw", "raw", &b);
         ok("qemu-io", &["-c", "write -P 0x61 0 200k", p(&b)]);
         ok("qemu-io", &["-c", "write -z 1M 256k", p(&b)]);
         {
             let img = disk::open(&b, Format::Qcow2, false).unwrap();
             img.write_at(&pattern(300_000, 9), 3 << 20).unwrap();
         }
-        ok(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &opts,
-                "-b",
-                "b.qcow2",
-                "-F",
-                "qcow2",
-                p(&c),
-            ],
-        );
+        qemu_overlay(&opts, "b.qcow2", "qcow2", &c);
         ok("qemu-io", &["-c", "write -P 0x62 64k 64k", p(&c)]);
         {
             let img = disk::open(&c, Format::Qcow2, false).unwrap();

@@ -153,29 +153,13 @@ fn supervise(c: &Container, sfd: RawFd, master: Option<RawFd>) -> Result<i32, Co
     let mut terminations = 0;
     loop {
         let mut fds = vec![
-            libc::pollfd {
-                fd: sfd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            crate::process::poll_in(sfd),
+            crate::process::poll_in(pidfd.as_raw_fd()),
         ];
         if let Some(m) = master {
-            fds.push(libc::pollfd {
-                fd: m,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(crate::process::poll_in(m));
             if stdin_open {
-                fds.push(libc::pollfd {
-                    fd: 0,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                fds.push(crate::process::poll_in(0));
             }
         }
         // SAFETY: fds is a valid array of pollfd for its length.
@@ -226,11 +210,7 @@ fn supervise(c: &Container, sfd: RawFd, master: Option<RawFd>) -> Result<i32, Co
 
 /// Drains output still buffered in the pty after the process exited.
 fn pump_ready(m: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: m,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = crate::process::poll_in(m);
     // SAFETY: polling one valid pollfd without waiting.
     let ready = unsafe { libc::poll(&mut pfd, 1, 0) } > 0 && pfd.revents & libc::POLLIN != 0;
     ready && pump(m, 1)

@@ -36,6 +36,15 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A `poll` entry waiting for `fd` to become readable.
+pub fn poll_in(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
 /// The pipes of one spawn; the child's ends are handed to [`InitPlan::status_fd`].
 #[derive(Debug)]
 pub struct Handshake {

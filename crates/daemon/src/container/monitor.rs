@@ -167,16 +167,8 @@ fn serve(c: &Container, spec: &MonitorSpec, sfd: RawFd, relay: &mut Relay) -> Re
     let mut stop_requested = false;
     loop {
         let mut fds = vec![
-            libc::pollfd {
-                fd: sfd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            container::process::poll_in(sfd),
+            container::process::poll_in(pidfd.as_raw_fd()),
         ];
         fds.extend(relay.poll_fds());
         // SAFETY: fds is a valid array of pollfd for its length.

@@ -64,11 +64,7 @@ impl Relay {
 
     /// The descriptors to poll for input, in the order [`Relay::handle`] expects.
     pub fn poll_fds(&self) -> Vec<libc::pollfd> {
-        let fd = |fd: RawFd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        use container::process::poll_in as fd;
         let mut v = vec![
             fd(if self.master_open {
                 self.master.as_raw_fd()
@@ -143,11 +139,7 @@ impl Relay {
     /// Reads output still buffered after the container's first process ended.
     pub fn drain(&mut self) {
         for _ in 0..64 {
-            let mut pfd = libc::pollfd {
-                fd: self.master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut pfd = container::process::poll_in(self.master.as_raw_fd());
             // SAFETY: polling one valid pollfd without waiting.
             let ready = unsafe { libc::poll(&mut pfd, 1, 0) } > 0;
             if !self.master_open || !ready {

@@ -151,6 +151,15 @@ fn template<'a>(doc: &'a Value, path: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{path} is not documented"))
 }
 
+/// [`check`]s each `(method, path, body, status)` in order and that the status is the one
+/// expected.
+fn check_steps(doc: &Value, ep: &Endpoint, steps: &[(&str, &str, &str, u16)]) {
+    for (method, path, body, want) in steps {
+        let got = check(doc, ep, method, path, body);
+        assert_eq!(got, *want, "{method} {path} {body}");
+    }
+}
+
 /// Sends a request and checks the answer against the document: the status must be documented
 /// for the operation and the body must match its schema.
 fn check(doc: &Value, ep: &Endpoint, method: &str, path: &str, body: &str) -> u16 {
@@ -200,10 +209,7 @@ fn live_responses_match_the_document() {
         ("PUT", "/vm/shutdown", "{\"timeout_ms\":-5}", 400),
         ("PUT", "/vm/shutdown", "{\"timeout_ms\":0}", 200),
     ];
-    for (method, path, body, want) in steps {
-        let got = check(&doc, &ep, method, path, body);
-        assert_eq!(got, *want, "{method} {path} {body}");
-    }
+    check_steps(&doc, &ep, steps);
 }
 
 /// The run-time I/O limit routes on a VM with a limited disk: read back, changed, bad bodies
@@ -252,10 +258,7 @@ fn live_limit_responses_match_the_document() {
             400,
         ),
     ];
-    for (method, path, body, want) in steps {
-        let got = check(&doc, &ep, method, path, body);
-        assert_eq!(got, *want, "{method} {path} {body}");
-    }
+    check_steps(&doc, &ep, steps);
     assert!(vm.disk_limits("data").unwrap().is_unlimited());
 }
 
@@ -288,10 +291,7 @@ fn live_balloon_responses_match_the_document() {
         ("PUT", "/vm/balloon", "", 400),
         ("PUT", "/vm/balloon", "{\"target_mib\":0}", 200),
     ];
-    for (method, path, body, want) in steps {
-        let got = check(&doc, &ep, method, path, body);
-        assert_eq!(got, *want, "{method} {path} {body}");
-    }
+    check_steps(&doc, &ep, steps);
     assert_eq!(vm.balloon().unwrap().target_mib, 0);
     let metrics = vm.metrics().unwrap();
     assert!(
@@ -365,10 +365,7 @@ fn live_backend_responses_match_the_document() {
         ("GET", "/vm/disks/disk0/backend", "", 200),
         ("PUT", "/vm/resume", "", 200),
     ];
-    for (method, path, body, want) in steps {
-        let got = check(&doc, &ep, method, path, body);
-        assert_eq!(got, *want, "{method} {path} {body}");
-    }
+    check_steps(&doc, &ep, steps);
     let now = client::vm::VmClient::new(ep).disk_backend("disk0").unwrap();
     assert_eq!(now.path, d.join("top.qcow2").display().to_string());
     assert_eq!(now.size_bytes, 1 << 20);

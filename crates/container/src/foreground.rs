@@ -5,6 +5,7 @@ use crate::config::ContainerConfig;
 use crate::container::{Container, CreateOptions};
 use crate::error::ContainerError;
 use crate::process::Stdio;
+use crate::signals::{read_signal, sigset};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -18,18 +19,6 @@ const FORWARDED: [i32; 7] = [
     libc::SIGUSR2,
     libc::SIGWINCH,
 ];
-
-fn sigset(signals: &[i32]) -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in signals {
-            libc::sigaddset(&mut set, *s);
-        }
-        set
-    }
-}
 
 /// Puts the caller's terminal in raw mode and restores it on drop.
 struct RawMode {
@@ -182,16 +171,9 @@ fn supervise(c: &Container, sfd: RawFd, master: Option<RawFd>) -> Result<i32, Co
             return c.wait();
         }
         if fds[0].revents & libc::POLLIN != 0 {
-            // SAFETY: signalfd_siginfo is plain data; read fills it.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reading one record into `info`.
-            let r =
-                unsafe { libc::read(sfd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
-            if r as usize != size {
+            let Some(sig) = read_signal(sfd) else {
                 continue;
-            }
-            let sig = info.ssi_signo as i32;
+            };
             if sig == libc::SIGWINCH {
                 if let Some(m) = master {
                     copy_winsize(0, m);

@@ -14,6 +14,7 @@ pub mod image;
 pub mod init;
 pub mod oci;
 pub mod process;
+pub mod signals;
 pub mod spec;
 pub mod state;
 

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use container::config::MountConfig;
+use container::signals::{read_signal, sigset};
 use container::{Container, ContainerConfig, CreateOptions, RootfsSource, Stdio};
 
 use crate::cgroups;
@@ -24,18 +25,6 @@ use crate::error::{DaemonError, Result};
 
 /// Signals that ask the monitor to stop its container.
 const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
-
-fn sigset(signals: &[i32]) -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in signals {
-            libc::sigaddset(&mut set, *s);
-        }
-        set
-    }
-}
 
 fn signalfd(signals: &[i32]) -> Result<OwnedFd> {
     let set = sigset(signals);
@@ -53,15 +42,6 @@ fn signalfd(signals: &[i32]) -> Result<OwnedFd> {
     }
     // SAFETY: fd is fresh and owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn read_signal(fd: RawFd) -> Option<i32> {
-    // SAFETY: signalfd_siginfo is plain data.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::signalfd_siginfo>();
-    // SAFETY: reading one record into `info`.
-    let r = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
-    (r as usize == size).then_some(info.ssi_signo as i32)
 }
 
 /// The container's configuration from the spec.

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use api::vm::BalloonInfo;
-use test_infra::scenario::sh_quote;
+use test_infra::scenario::{field, sh_quote};
 use test_infra::TestBed;
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
@@ -49,13 +49,6 @@ bal() { tag=$1 sock=$2; shift 2; echo "BALLOON-JSON $tag $(kapsel vm balloon --a
 actual() { kapsel vm balloon --api-socket $1 | tr -d ' \n' | sed -n 's/.*"actual_mib":\([0-9]*\).*/\1/p'; }
 settle() { i=0; while [ $i -lt 600 ] && [ "$(actual $1)" != "$2" ]; do sleep 0.5; i=$((i+1)); done; }
 "#;
-
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
-        .and_then(|rest| rest.split_whitespace().next())
-}
 
 /// kapsel's VmRSS (kB) at `tag`.
 fn rss(out: &str, tag: &str) -> u64 {

@@ -4,7 +4,7 @@
 //! options and a TAP that cannot be created end kapsel with one line and exit code 1.
 
 use std::time::Duration;
-use test_infra::scenario::{sh_quote, Boot};
+use test_infra::scenario::{field, sh_quote, Boot};
 use test_infra::{TestBed, TestBedRun};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
@@ -17,14 +17,6 @@ fn testbed(name: &str) -> TestBed {
         .guest_file("initramfs-busybox.cpio.gz", "initramfs.cpio.gz")
         .memory("3G")
         .timeout(Duration::from_secs(420))
-}
-
-/// The value after `KEY ` on the last line of `text` that has it.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
-        .and_then(|rest| rest.split_whitespace().next())
 }
 
 fn print_boots(run: &TestBedRun) {

@@ -4,7 +4,7 @@
 //! `bw=0` is a config error.
 
 use std::time::Duration;
-use test_infra::scenario::sh_quote;
+use test_infra::scenario::{field, sh_quote};
 use test_infra::TestBed;
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
@@ -14,13 +14,6 @@ const MIB: f64 = 50.0;
 /// disks): `m TAG CMD…` runs CMD and prints `TAG-RC=` and `TAG-SECS=`
 /// (wall time from the guest's uptime, in hundredths).
 const GUEST_CMDS: &str = r#"mount -t devtmpfs devtmpfs /dev 2>/dev/null; t() { cut -d' ' -f1 /proc/uptime; }; m() { tag=$1; shift; a=$(t); "$@" 2>/dev/null; rc=$?; b=$(t); echo "$tag-RC=$rc"; echo "$tag-SECS=$(awk -v a=$a -v b=$b 'BEGIN{print b-a}')"; }; m LIMITED-WRITE dd if=/dev/zero of=/dev/vda bs=1M count=50 oflag=direct; m LIMITED-READ dd if=/dev/vda of=/dev/null bs=1M count=50 iflag=direct; m FREE-WRITE dd if=/dev/zero of=/dev/vdb bs=1M count=50 oflag=direct; poweroff -f"#;
-
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
-        .and_then(|rest| rest.split_whitespace().next())
-}
 
 /// MiB/s of the guest's `dd` tagged `tag`, after checking that it succeeded.
 fn rate(console: &str, tag: &str) -> f64 {

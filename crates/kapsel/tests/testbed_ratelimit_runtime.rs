@@ -9,7 +9,7 @@
 //! the host file) starts its second measurement.
 
 use std::time::Duration;
-use test_infra::scenario::sh_quote;
+use test_infra::scenario::{field, sh_quote};
 use test_infra::TestBed;
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
@@ -45,13 +45,6 @@ const L1_WATCHER: &str = r#"
   fi
 ) &
 "#;
-
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
-        .and_then(|rest| rest.split_whitespace().next())
-}
 
 /// MiB/s of the guest's `dd` tagged `tag`, after checking that it succeeded.
 fn rate(console: &str, tag: &str) -> f64 {

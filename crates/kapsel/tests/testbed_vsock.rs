@@ -7,7 +7,7 @@
 //! is the host side in L1.
 
 use std::time::Duration;
-use test_infra::scenario::sh_quote;
+use test_infra::scenario::{field, sh_quote};
 use test_infra::TestBed;
 
 #[path = "common/vsock_tool.rs"]
@@ -16,13 +16,6 @@ use vsock_tool::{tool_archive, vsock_tool};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
 const MB: u32 = 10;
-
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
-        .and_then(|rest| rest.split_whitespace().next())
-}
 
 #[test]
 fn testbed_vsock_10mb_each_way() {

@@ -122,6 +122,15 @@ pub fn boots(output: &str) -> Vec<Boot> {
     out
 }
 
+/// The word after `key` on the last line of `text` that has it (`field(out, "rc=")`): how
+/// scenarios report a value that a later line may repeat with the final one.
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_whitespace().next())
+}
+
 /// Shell-quotes one word for busybox sh.
 pub fn sh_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r#"'\''"#))
@@ -130,6 +139,15 @@ pub fn sh_quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_takes_the_word_after_the_key_on_the_last_line_with_it() {
+        let out = "DTEST a rc=1 up=0\nnoise\nDTEST a rc=0 up=1\nDTEST b rc=2\n";
+        assert_eq!(field(out, "DTEST a rc="), Some("0"));
+        assert_eq!(field(out, "up="), Some("1"));
+        assert_eq!(field(out, "DTEST c rc="), None);
+        assert_eq!(field("x=\n", "x="), None);
+    }
 
     #[test]
     fn splits_boots_with_codes_and_times() {

@@ -19,19 +19,20 @@
 //! is not enough: `setns` into the container's mount namespace, as `kapsel exec` does, puts
 //! a process at the mount on top of the namespace's root, which would be the initramfs.)
 
+#[path = "common/daemon_console.rs"]
+mod daemon_console;
+
 use std::time::Duration;
-use test_infra::scenario::sh_quote;
+
+use daemon_console::{step_rc, transcripts, HELPERS};
+use test_infra::scenario::{field, sh_quote};
 use test_infra::TestBed;
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
 
-/// `console NAME TIMEOUT MARK COMMANDS`: attaches `kapsel console NAME` with stdin from a
-/// FIFO, waits until the guest shell answers (`UP-MARK-3`: the VMM replays recent console
-/// output to a new client, so every session needs its own marks), types COMMANDS, waits
-/// until the guest printed MARK, detaches with Ctrl-] and prints the transcript between `DCONSOLE-BEGIN/END NAME`
-/// and `DTEST console-NAME rc=… up=… detached=…`. `step TAG CMD…` runs a command and
-/// prints its output as `DOUT TAG: …` and `DTEST TAG rc=…`.
-const FUNCTIONS: &str = r#"
+/// Moves L1 into a tmpfs root (see above) and runs the scenario again there; the console
+/// helpers ([`HELPERS`]) follow it.
+const SWITCH_ROOT: &str = r#"
 if [ -z "$KAPSEL_INNER" ]; then
   N=/newroot; mkdir -p $N; mount -t tmpfs -o mode=755 tmpfs $N
   for d in bin sbin usr lib lib64 scenario; do [ -d /$d ] && mkdir -p $N/$d && mount --bind /$d $N/$d; done
@@ -49,59 +50,7 @@ if [ -z "$KAPSEL_INNER" ]; then
   cd $N && mount --move . / && KAPSEL_INNER=1 exec chroot . /bin/sh -c 'cd /scenario && exec /bin/sh ./run.sh'
   echo "DTEST switch-root failed"
 fi
-trap '' PIPE  # a console that ended early must fail its step, not kill the scenario
-say() { echo "DTEST $*"; }
-step() { _tag=$1; shift; _o=$("$@" 2>&1); _rc=$?; printf '%s\n' "$_o" | sed "s/^/DOUT $_tag: /"; say "$_tag rc=$_rc"; }
-console() {
-  _n=$1 _to=$2 _mark=$3 _cmds=$4
-  _in=/tmp/c.$_n.in _out=/tmp/c.$_n.out
-  rm -f "$_in"; mkfifo "$_in"; : > "$_out"
-  kapsel console "$_n" <"$_in" >"$_out" 2>"/tmp/c.$_n.err" &
-  _pid=$!
-  exec 3>"$_in"
-  _i=0 _up=0
-  while [ $_i -lt $((_to * 2)) ] && kill -0 $_pid 2>/dev/null; do
-    if grep -q "UP-$_mark-3" "$_out"; then _up=1; break; fi
-    [ $((_i % 4)) = 0 ] && printf 'echo UP-%s-$((1+2))\n' "$_mark" >&3
-    sleep 0.5; _i=$((_i + 1))
-  done
-  [ $_up = 1 ] && printf '%s\n' "$_cmds" >&3
-  while [ $_i -lt $((_to * 2)) ] && ! grep -q "^$_mark" "$_out"; do sleep 0.5; _i=$((_i + 1)); done
-  printf '\035' >&3
-  _j=0; while kill -0 $_pid 2>/dev/null && [ $_j -lt 20 ]; do sleep 0.5; _j=$((_j + 1)); done
-  _det=1; if kill -0 $_pid 2>/dev/null; then _det=0; kill $_pid; fi
-  wait $_pid; _rc=$?
-  exec 3>&-
-  echo "DCONSOLE-BEGIN $_n"; tr -d '\r' < "$_out"; echo; echo "DCONSOLE-END $_n"
-  sed "s/^/DERR $_n: /" "/tmp/c.$_n.err"
-  say "console-$_n rc=$_rc up=$_up detached=$_det"
-}
 "#;
-
-/// The value after `KEY` on the last line of `text` that has it.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
-        .and_then(|rest| rest.split_whitespace().next())
-}
-
-/// The transcripts of every `console` call on `name`, in order.
-fn transcripts<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
-    let begin = format!("DCONSOLE-BEGIN {name}\n");
-    let end = format!("DCONSOLE-END {name}");
-    out.match_indices(&begin)
-        .filter_map(|(i, _)| {
-            let rest = &out[i + begin.len()..];
-            rest.find(&end).map(|j| &rest[..j])
-        })
-        .collect()
-}
-
-/// The `DTEST TAG rc=…` code of a step.
-fn step_rc(out: &str, tag: &str) -> Option<i32> {
-    field(out, &format!("DTEST {tag} rc=")).and_then(|s| s.parse().ok())
-}
 
 fn assert_step(out: &str, tag: &str) {
     assert_eq!(
@@ -176,7 +125,7 @@ fn busybox_tarball(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn testbed_daemon_console_dhcp_dns_and_guest_to_guest() {
     let scenario = format!(
-        r#"{FUNCTIONS}
+        r#"{SWITCH_ROOT}{HELPERS}
 # dnsmasq drops to nobody; L1's initramfs has no user database
 mkdir -p /etc /var/lib
 printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > /etc/passwd

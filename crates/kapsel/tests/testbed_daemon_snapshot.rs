@@ -12,47 +12,21 @@
 //! chain (`qemu-img compare`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/daemon_console.rs"]
+mod daemon_console;
+
 use std::time::Duration;
 
-use test_infra::scenario::sh_quote;
+use daemon_console::{step_out, step_rc, transcripts, HELPERS};
+use test_infra::scenario::{field, sh_quote};
 use test_infra::TestBed;
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw quiet guest.exit=shell";
-const HELPERS: &str = include_str!("common/daemon_console.sh");
 const ROOT: &str = "/var/lib/kapsel/instances/g/root.qcow2";
 
-/// The value after `KEY` on the last line of `text` that has it.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.split_once(key).map(|(_, rest)| rest))
-        .and_then(|rest| rest.split_whitespace().next())
-}
-
-/// The transcripts of every `console` call on `name`, in order.
-fn transcripts<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
-    let begin = format!("DCONSOLE-BEGIN {name}\n");
-    let end = format!("DCONSOLE-END {name}");
-    out.match_indices(&begin)
-        .filter_map(|(i, _)| {
-            let rest = &out[i + begin.len()..];
-            rest.find(&end).map(|j| &rest[..j])
-        })
-        .collect()
-}
-
-/// The output lines of step `tag`.
-fn step_out<'a>(out: &'a str, tag: &str) -> Vec<&'a str> {
-    let prefix = format!("DOUT {tag}: ");
-    out.lines()
-        .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .collect()
-}
-
 fn assert_step(out: &str, tag: &str) {
-    let rc = field(out, &format!("DTEST {tag} rc=")).and_then(|s| s.parse::<i32>().ok());
     assert_eq!(
-        rc,
+        step_rc(out, tag),
         Some(0),
         "{tag} failed:\n{}\ndaemon log:\n{}",
         step_out(out, tag).join("\n"),

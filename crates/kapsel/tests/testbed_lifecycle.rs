@@ -8,9 +8,13 @@
 //! console is framed as a `KTEST-BEGIN`/`KTEST-END` block; the scenario's own findings are
 //! `LC-…` lines. Nothing here skips: a test bed that cannot start fails every test.
 
+#[path = "common/lifecycle.rs"]
+mod lifecycle;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use lifecycle::{counts, field, has_line, HELPERS};
 use test_infra::scenario::Boot;
 use test_infra::{TestBed, TestBedRun};
 
@@ -21,10 +25,6 @@ const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.
 const MEMORY: &str = "256M";
 /// Clones restored side by side from one snapshot, with the number each one is told.
 const CLONES: [(&str, u32); 3] = [("clone-a", 111), ("clone-b", 222), ("clone-c", 333)];
-
-/// Shell helpers for the scenario (busybox sh in L1). A VMM runs in the background with its
-/// stdin on a FIFO held open on a numbered fd and its stdout+stderr in `/tmp/NAME.out`.
-const HELPERS: &str = include_str!("common/lifecycle.sh");
 
 /// The scenario: every step prints what it saw; the tests judge.
 fn scenario() -> String {
@@ -145,32 +145,6 @@ fn print_timings(run: &TestBedRun) {
             b.name, b.rc, b.seconds
         );
     }
-}
-
-/// The value of `key=` on the first line starting with `prefix`.
-fn field(run: &TestBedRun, prefix: &str, key: &str) -> Option<String> {
-    let line = run.output.lines().find(|l| l.starts_with(prefix))?;
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .map(|v| v.trim_end_matches('\r').to_string())
-}
-
-fn has_line(run: &TestBedRun, line: &str) -> bool {
-    run.output.lines().any(|l| l.trim_end() == line)
-}
-
-/// Every `count-N` on a console, in order (also inside other text).
-fn counts(console: &str) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut rest = console;
-    while let Some(pos) = rest.find("count-") {
-        rest = &rest[pos + "count-".len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if let Ok(n) = digits.parse() {
-            out.push(n);
-        }
-    }
-    out
 }
 
 /// No count skipped or repeated.

@@ -14,19 +14,20 @@
 //! One test-bed run serves both tests (the first to need it runs it). Each VMM's console is a
 //! `KTEST-BEGIN`/`KTEST-END` block; the scenario's findings are `SD-…` lines. Nothing skips.
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
-use test_infra::scenario::Boot;
-use test_infra::{TestBed, TestBedRun};
-
+#[path = "common/lifecycle.rs"]
+mod lifecycle;
 #[path = "common/vsock_tool.rs"]
 mod vsock_tool;
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use lifecycle::{counts, field, has_line, HELPERS};
+use test_infra::scenario::Boot;
+use test_infra::{TestBed, TestBedRun};
+
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.exit=shell";
 const CLONES: [&str; 3] = ["cl1", "cl2", "cl3"];
-
-const HELPERS: &str = include_str!("common/lifecycle.sh");
 
 /// The scenario (busybox sh in L1); every step prints what it saw, the tests judge.
 fn scenario() -> String {
@@ -156,38 +157,12 @@ fn run() -> &'static TestBedRun {
     }
 }
 
-fn has_line(run: &TestBedRun, line: &str) -> bool {
-    run.output.lines().any(|l| l.trim_end() == line)
-}
-
 fn require(run: &TestBedRun, line: &str, what: &str) {
     assert!(
         has_line(run, line),
         "{what} (no `{line}`):\n{}",
         run.tail(120)
     );
-}
-
-/// The value of `key=` on the first line starting with `prefix`.
-fn field(run: &TestBedRun, prefix: &str, key: &str) -> Option<String> {
-    let line = run.output.lines().find(|l| l.starts_with(prefix))?;
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .map(|v| v.trim_end_matches('\r').to_string())
-}
-
-/// Every `count-N` on a console, in order.
-fn counts(console: &str) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut rest = console;
-    while let Some(pos) = rest.find("count-") {
-        rest = &rest[pos + "count-".len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if let Ok(n) = digits.parse() {
-            out.push(n);
-        }
-    }
-    out
 }
 
 /// The count at the snapshot, which must have succeeded.

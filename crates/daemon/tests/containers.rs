@@ -81,16 +81,24 @@ fn launch(d: &TestDaemon, req: &CreateInstance) -> Instance {
     inst
 }
 
+/// A request to run `command` without a terminal, input or time limit.
+fn exec_request(command: &[&str]) -> ExecRequest {
+    ExecRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        timeout_secs: None,
+        interactive: false,
+        size: None,
+    }
+}
+
 fn exec(d: &TestDaemon, name: &str, script: &str) -> ExecResult {
     d.client()
         .exec(
             name,
             &ExecRequest {
-                command: vec!["sh".into(), "-c".into(), script.into()],
-                tty: false,
                 timeout_secs: Some(30),
-                interactive: false,
-                size: None,
+                ..exec_request(&["sh", "-c", script])
             },
         )
         .unwrap_or_else(|e| panic!("exec in {name}: {e}\n{}", d.log()))
@@ -172,11 +180,8 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
         .exec(
             "box",
             &ExecRequest {
-                command: vec!["sh".into(), "-c".into(), "test -t 1 && echo tty".into()],
                 tty: true,
-                timeout_secs: None,
-                interactive: false,
-                size: None,
+                ..exec_request(&["sh", "-c", "test -t 1 && echo tty"])
             },
         )
         .unwrap();
@@ -206,16 +211,7 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
     }
     let e = d
         .client()
-        .exec(
-            "box",
-            &ExecRequest {
-                command: vec!["true".into()],
-                tty: false,
-                timeout_secs: None,
-                interactive: false,
-                size: None,
-            },
-        )
+        .exec("box", &exec_request(&["true"]))
         .unwrap_err();
     assert!(e.to_string().contains("paused"), "{e}");
     assert!(running(&c.resume("box").unwrap()));
@@ -291,18 +287,7 @@ fn launch_exec_console_stop_start_pause_limits_snapshot() {
 
     // Exec is refused for VMs' verbs and stopped containers with clear errors.
     c.stop("box2", true).unwrap();
-    let e = c
-        .exec(
-            "box2",
-            &ExecRequest {
-                command: vec!["true".into()],
-                tty: false,
-                timeout_secs: None,
-                interactive: false,
-                size: None,
-            },
-        )
-        .unwrap_err();
+    let e = c.exec("box2", &exec_request(&["true"])).unwrap_err();
     assert!(e.to_string().contains("stopped"), "{e}");
 
     for n in ["box", "box2", "shell"] {
@@ -854,16 +839,7 @@ fn exec_many_times() {
     launch(&d, &request("st", &["sh", "-c", IDLE], RestartPolicy::No));
     let mut fails = Vec::new();
     for i in 0..150 {
-        let r = d.client().exec(
-            "st",
-            &ExecRequest {
-                command: vec!["true".into()],
-                tty: false,
-                timeout_secs: None,
-                interactive: false,
-                size: None,
-            },
-        );
+        let r = d.client().exec("st", &exec_request(&["true"]));
         if let Err(e) = r {
             fails.push((i, e.to_string()));
         }
@@ -957,14 +933,12 @@ fn interactive_exec_on_a_terminal() {
 
     // The size a request names is the terminal's from the start; a zero size is refused.
     let mut sized = ExecRequest {
-        command: vec!["stty".into(), "size".into()],
         tty: true,
-        timeout_secs: None,
-        interactive: false,
         size: Some(TermSize {
             rows: 30,
             cols: 100,
         }),
+        ..exec_request(&["stty", "size"])
     };
     let r = d.client().exec("it", &sized).unwrap();
     assert_eq!((r.exit_code, r.stdout.trim()), (0, "30 100"), "{r:?}");
@@ -977,11 +951,9 @@ fn interactive_exec_on_a_terminal() {
     // The frames through the API: the window size reaches the terminal, output streams, the
     // exit code ends the session.
     let req = ExecRequest {
-        command: vec!["sh".into(), "-c".into(), "read x; stty size; exit 4".into()],
         tty: true,
-        timeout_secs: None,
         interactive: true,
-        size: None,
+        ..exec_request(&["sh", "-c", "read x; stty size; exit 4"])
     };
     let mut s = d.client().exec_interactive("it", &req).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

@@ -715,6 +715,11 @@ fn kapsel(d: &TestDaemon, args: &[&str]) -> (i32, String, String) {
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
+    outcome(&o)
+}
+
+/// Exit code (-1 for a signal), stdout and stderr of a finished `kapsel`.
+fn outcome(o: &std::process::Output) -> (i32, String, String) {
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -864,11 +869,7 @@ fn kapsel_with_input(d: &TestDaemon, args: &[&str], input: &str) -> (i32, String
         .write_all(input.as_bytes())
         .unwrap();
     let o = child.wait_with_output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    outcome(&o)
 }
 
 /// `kapsel exec -t`: the command on a pty of the container's devpts as its controlling

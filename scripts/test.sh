@@ -77,7 +77,8 @@ KAPSEL_TESTBED_TIMINGS=$(mktemp /tmp/kapsel-testbed-timings.XXXXXX)
 export KAPSEL_TESTBED_TIMINGS
 trap 'rm -f "$KAPSEL_TESTBED_TIMINGS"' EXIT
 rc=0
-cargo test --workspace -- "$@" || rc=$?
+# every test binary runs even after one failed, so one CI run shows every failure
+cargo test --workspace --no-fail-fast -- "$@" || rc=$?
 
 # API fuzzing of the daemon (only in a full run: a test filter means "just these tests")
 st_rc=0

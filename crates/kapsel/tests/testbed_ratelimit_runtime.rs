@@ -55,6 +55,12 @@ const L1_WATCHER: &str = r#"
     done
     sleep 5
     kapsel vm --api-socket /tmp/api.sock metrics | grep io_exits | sed 's/^/L1-STUCK-5S-LATER: /'
+    # was the typed line's last byte never read (an RX interrupt the guest never got)? One
+    # more newline: if the guest's shell now starts the first write, it was waiting for input
+    timeout 2 sh -c "printf '\n' > /tmp/change.in"
+    sleep 15
+    grep -q 'AT10-RC' /tmp/change.out && echo "L1-STUCK-NUDGE: the guest ran its command after one more newline (console input stalled)" \
+      || echo "L1-STUCK-NUDGE: no progress after one more newline (the guest's write itself stalled)"
     kapsel vm --api-socket /tmp/api.sock shutdown --timeout-ms 0 >/dev/null
   fi
 ) &

@@ -36,7 +36,9 @@ fn scenario() -> String {
          --ioengine=libaio --direct=1 --size=32M --io_size=64M --minimal > /tmp/fio.out 2>&1; \
          echo FIO-RC=$?; echo FIO-ERR=$(cut -d';' -f5 /tmp/fio.out); \
          echo FIO-READ-KIB=$(cut -d';' -f6 /tmp/fio.out)",
-        // minbase has no poweroff (no init system): the kernel's sysrq does it
+        // minbase has no poweroff (no init system): the kernel's sysrq does it, once the
+        // console has sent the lines above (its "sysrq: Power Off" once cut one in two)
+        "sleep 1",
         "echo o > /proc/sysrq-trigger",
     ]
     .join("; ");

@@ -16,8 +16,11 @@ const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet guest.
 
 /// The guest's commands (one shell line). `m TAG MIB CMD…` runs CMD and prints `TAG-RC=`,
 /// `TAG-MIB=` and `TAG-SECS=` (wall time from the guest's uptime). The markers are
-/// computed (`$((…))`) so the echo of the typed line never matches them.
-const GUEST_CMDS: &str = r#"mount -t devtmpfs devtmpfs /dev 2>/dev/null; t() { cut -d' ' -f1 /proc/uptime; }; m() { tag=$1; mib=$2; shift 2; a=$(t); "$@" 2>/dev/null; rc=$?; b=$(t); echo "$tag-RC=$rc"; echo "$tag-MIB=$mib"; echo "$tag-SECS=$(awk -v a=$a -v b=$b 'BEGIN{print b-a}')"; }; m AT10 50 dd if=/dev/zero of=/dev/vda bs=1M count=50 oflag=direct; echo "PHASE-$((1+1))-READY"; i=0; while [ "$(dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | head -c 2)" != GO ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo "FLAG-WAITS=$i"; m AT20 100 dd if=/dev/zero of=/dev/vda bs=1M count=100 oflag=direct; poweroff -f"#;
+/// computed (`$((…))`) so the echo of the typed line never matches them. A first write still
+/// running after 30 s makes the guest print `GUEST-DIAG` with its in-flight requests and
+/// virtio interrupt counts (requests in flight that the device worker never ran: a lost
+/// kick; completed ones: a lost interrupt).
+const GUEST_CMDS: &str = r#"mount -t devtmpfs devtmpfs /dev 2>/dev/null; t() { cut -d' ' -f1 /proc/uptime; }; m() { tag=$1; mib=$2; shift 2; a=$(t); "$@" 2>/dev/null; rc=$?; b=$(t); echo "$tag-RC=$rc"; echo "$tag-MIB=$mib"; echo "$tag-SECS=$(awk -v a=$a -v b=$b 'BEGIN{print b-a}')"; }; (sleep 30; [ -e /tmp/at10.done ] || echo "GUEST-DIAG vda-inflight=$(tr -s ' ' _ < /sys/block/vda/inflight) irqs=$(grep -i virtio /proc/interrupts | tr -s ' ' _ | tr '\n' '|')") & m AT10 50 dd if=/dev/zero of=/dev/vda bs=1M count=50 oflag=direct; touch /tmp/at10.done; echo "PHASE-$((1+1))-READY"; i=0; while [ "$(dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | head -c 2)" != GO ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo "FLAG-WAITS=$i"; m AT20 100 dd if=/dev/zero of=/dev/vda bs=1M count=100 oflag=direct; poweroff -f"#;
 
 /// Runs in L1 beside the VM: waits for the guest's marker, changes the limit through the API
 /// (printing the answers) and raises the flag.

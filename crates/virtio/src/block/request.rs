@@ -20,7 +20,8 @@ const HEADER_LEN: u32 = 16;
 pub const SEGMENT_LEN: u32 = 16;
 /// Most discard/write-zeroes segments per request (announced in the config space).
 pub const MAX_SEGMENTS: u32 = 32;
-/// Most data descriptors per request (announced as seg_max).
+/// Most data descriptors per request the parser takes (the device announces fewer as
+/// `seg_max`: what fits its ring).
 pub const MAX_DATA_DESCRIPTORS: usize = 1024;
 /// Flag of a write-zeroes segment: the device may deallocate.
 pub const WRITE_ZEROES_UNMAP: u32 = 1;

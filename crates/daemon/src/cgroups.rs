@@ -62,11 +62,9 @@ impl Cgroups {
     /// ([`join_before_exec`]), so the VMM's threads and the kernel workers KVM starts for
     /// its VM are all accounted and limited there from the first instruction.
     pub fn prepare(&self, name: &str, config: &InstanceConfig) -> Result<Vec<CString>> {
-        let Some(m) = self.manager(name)? else {
+        let Some(m) = self.configured(name, config)? else {
             return Ok(Vec::new());
         };
-        m.create()?;
-        m.apply(&resources(config, self.host_cpus))?;
         m.procs_files()
             .into_iter()
             .map(|p| {
@@ -83,11 +81,22 @@ impl Cgroups {
 
     /// Rewrites the limits of a running guest's group.
     pub fn update(&self, name: &str, config: &InstanceConfig) -> Result<()> {
-        if let Some(m) = self.manager(name)? {
-            m.create()?;
-            m.apply(&resources(config, self.host_cpus))?;
-        }
-        Ok(())
+        self.configured(name, config).map(drop)
+    }
+
+    /// The guest's group, created and holding the limits of `config` (`None` without
+    /// cgroups).
+    fn configured(
+        &self,
+        name: &str,
+        config: &InstanceConfig,
+    ) -> Result<Option<Box<dyn CgroupManager>>> {
+        let Some(m) = self.manager(name)? else {
+            return Ok(None);
+        };
+        m.create()?;
+        m.apply(&resources(config, self.host_cpus))?;
+        Ok(Some(m))
     }
 
     /// Writes `res` to the guest's group (a container's live limits).

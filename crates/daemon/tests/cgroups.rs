@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use api::daemon::{InstanceUpdate, RestartPolicy};
-use common::{kvm_available, request, TestDaemon};
+use common::{request, require_kvm, TestDaemon};
 
 fn cpu_usage_ns(d: &TestDaemon, name: &str) -> u64 {
     let v1 = d.cgroup_dir("cpuacct", name).join("cpuacct.usage");
@@ -70,10 +70,8 @@ fn has_cgroups() -> bool {
 
 #[test]
 fn cpu_cap_holds_and_changes_live() {
-    assert!(
-        kvm_available() && has_cgroups(),
-        "no cgroup hierarchy mounted"
-    );
+    require_kvm();
+    assert!(has_cgroups(), "no cgroup hierarchy mounted");
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let d = TestDaemon::start();
     let mut r = request("capped", "spin", RestartPolicy::No);
@@ -102,10 +100,8 @@ fn cpu_cap_holds_and_changes_live() {
 
 #[test]
 fn weights_split_a_contended_cpu_in_proportion() {
-    assert!(
-        kvm_available() && has_cgroups(),
-        "no cgroup hierarchy mounted"
-    );
+    require_kvm();
+    assert!(has_cgroups(), "no cgroup hierarchy mounted");
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let d = TestDaemon::start();
     let cpu = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {

@@ -142,56 +142,55 @@ fn bridge_dhcp_dns_nat_and_guest_to_guest() {
     assert!(m.contains("kapsel_network_bytes_total{network=\"t1\",direction=\"rx\"}"));
 
     // A VM on the network gets a TAP on the bridge (the virtio-net device's backend).
-    if common::kvm_available() {
-        let mut r = common::request("vm-net", "idle", api::daemon::RestartPolicy::No);
-        r.networks = vec!["t1".into()];
-        let inst = d
-            .client()
-            .create(&r)
-            .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
-        assert!(common::running(&inst), "{inst:?}");
-        let tap = daemon::netsetup::tap_name("vm-net", 0);
-        let link = must(&format!("{ns} ip -o link show {tap}"));
-        assert!(link.contains("master kapsel-t1"), "{link}");
-        // Per-guest NIC counters come from its TAP.
-        let m = d.client().metrics().unwrap();
-        for direction in ["rx", "tx"] {
-            let series = format!(
-                "kapsel_instance_network_bytes_total{{name=\"vm-net\",nic=\"0\",network=\"t1\",direction=\"{direction}\"}}"
-            );
-            assert!(m.contains(&series), "{series} missing from:\n{m}");
-        }
-        // NIC limits apply live to the running VMM's card
-        let upd = api::daemon::InstanceUpdate {
-            net_limits: Some(api::vm::NetLimits {
-                rx: api::vm::IoLimit {
-                    bytes_per_sec: Some(1 << 20),
-                    ..Default::default()
-                },
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        d.client().update("vm-net", &upd).unwrap();
-        let vm = client::vm::VmClient::new(client::Endpoint::new(
-            d.dir.path().join("run/instances/vm-net/api.sock"),
-        ));
-        let now = vm.net_limits("net0").unwrap();
-        assert_eq!(now.rx.bytes_per_sec, Some(1 << 20));
-        assert!(now.tx.is_unlimited());
-        // dnsmasq learns the instance's name for its NIC's MAC (DNS by instance name)
-        let host = d.dir.path().join("state/networks/t1/hosts/vm-net");
-        let entry = std::fs::read_to_string(&host).unwrap();
-        assert_eq!(
-            entry,
-            format!("{},vm-net\n", daemon::netsetup::mac("vm-net", 0))
+    common::require_kvm();
+    let mut r = common::request("vm-net", "idle", api::daemon::RestartPolicy::No);
+    r.networks = vec!["t1".into()];
+    let inst = d
+        .client()
+        .create(&r)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    assert!(common::running(&inst), "{inst:?}");
+    let tap = daemon::netsetup::tap_name("vm-net", 0);
+    let link = must(&format!("{ns} ip -o link show {tap}"));
+    assert!(link.contains("master kapsel-t1"), "{link}");
+    // Per-guest NIC counters come from its TAP.
+    let m = d.client().metrics().unwrap();
+    for direction in ["rx", "tx"] {
+        let series = format!(
+            "kapsel_instance_network_bytes_total{{name=\"vm-net\",nic=\"0\",network=\"t1\",direction=\"{direction}\"}}"
         );
-        let e = d.client().delete_network("t1").unwrap_err();
-        assert!(e.to_string().contains("vm-net"), "{e}");
-        d.client().delete("vm-net", true).unwrap();
-        assert!(!sh(&format!("{ns} ip link show {tap}")).0);
-        assert!(!host.exists(), "host entry left after delete");
+        assert!(m.contains(&series), "{series} missing from:\n{m}");
     }
+    // NIC limits apply live to the running VMM's card
+    let upd = api::daemon::InstanceUpdate {
+        net_limits: Some(api::vm::NetLimits {
+            rx: api::vm::IoLimit {
+                bytes_per_sec: Some(1 << 20),
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    d.client().update("vm-net", &upd).unwrap();
+    let vm = client::vm::VmClient::new(client::Endpoint::new(
+        d.dir.path().join("run/instances/vm-net/api.sock"),
+    ));
+    let now = vm.net_limits("net0").unwrap();
+    assert_eq!(now.rx.bytes_per_sec, Some(1 << 20));
+    assert!(now.tx.is_unlimited());
+    // dnsmasq learns the instance's name for its NIC's MAC (DNS by instance name)
+    let host = d.dir.path().join("state/networks/t1/hosts/vm-net");
+    let entry = std::fs::read_to_string(&host).unwrap();
+    assert_eq!(
+        entry,
+        format!("{},vm-net\n", daemon::netsetup::mac("vm-net", 0))
+    );
+    let e = d.client().delete_network("t1").unwrap_err();
+    assert!(e.to_string().contains("vm-net"), "{e}");
+    d.client().delete("vm-net", true).unwrap();
+    assert!(!sh(&format!("{ns} ip link show {tap}")).0);
+    assert!(!host.exists(), "host entry left after delete");
 
     // An unused network is removed completely.
     let dnsmasq_pid: i32 =

@@ -64,14 +64,8 @@ pub fn test_guest() -> PathBuf {
         .clone()
 }
 
-/// The daemon tests run real VMMs: without /dev/kvm they fail loudly, never skip silently
-/// (`true` or a panic naming what is missing).
-pub fn kvm_available() -> bool {
-    require_kvm();
-    true
-}
-
-/// Fails the test, naming what is missing, unless /dev/kvm exists.
+/// Fails the test, naming what is missing, unless /dev/kvm exists: the daemon tests run real
+/// VMMs and never skip silently.
 pub fn require_kvm() {
     assert!(
         Path::new("/dev/kvm").exists(),
